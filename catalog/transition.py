@@ -1,0 +1,178 @@
+"""The one path that writes a ``state`` column.
+
+Every change checks the entity's transition table (``states.py``), does a
+compare-and-set ``UPDATE ... WHERE id = :id AND state = :expected [AND attempt
+= :attempt AND lease_token = :token]``, writes a history row and queues an event
+that is published after commit. ``claim_jobs`` is the dispatch form of the same
+thing: one ``UPDATE ... WHERE id IN (SELECT ... FOR UPDATE SKIP LOCKED)
+RETURNING`` round trip that moves activated jobs to ``sent`` with a fresh lease.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import insert, literal_column, select, update
+from sqlalchemy.orm import Session
+
+from . import events
+from .db import is_postgres
+from .models import DataRequest, Job, Replica, StateHistory, Task
+from .states import JOB_FINAL, Entity, JobState, allowed
+
+MODELS: dict[Entity, Any] = {
+    Entity.JOB: Job,
+    Entity.TASK: Task,
+    Entity.REQUEST: DataRequest,
+    Entity.REPLICA: Replica,
+}
+_CHUNK = 500
+
+
+class TransitionError(Exception):
+    """A state change that was refused; nothing was written."""
+
+
+class IllegalTransition(TransitionError):
+    """The state machine does not allow this change (or the source state is final)."""
+
+
+class StaleState(TransitionError):
+    """The row is not in the expected state, attempt or lease any more."""
+
+
+def _timestamp_columns(entity: Entity, to: str, now: datetime) -> dict[str, Any]:
+    if entity is Entity.JOB:
+        cols: dict[str, Any] = {"state_changed_at": now}
+        if to in JOB_FINAL:
+            cols["ended_at"] = now
+        if to in (JobState.STARTING, JobState.RUNNING):
+            cols["heartbeat_at"] = now
+        return cols
+    return {"updated_at": now}
+
+
+def transition(
+    session: Session,
+    entity: Entity,
+    entity_id: int,
+    to: str,
+    *,
+    expected: str,
+    actor: str,
+    reason: str = "",
+    attempt: int | None = None,
+    lease_token: str | None = None,
+    values: dict[str, Any] | None = None,
+    now: datetime | None = None,
+) -> None:
+    """Move one row from ``expected`` to ``to``, or raise and write nothing."""
+    done = transition_many(session, entity, [entity_id], to, expected=expected, actor=actor,
+                           reason=reason, attempt=attempt, lease_token=lease_token,
+                           values=values, now=now)
+    if not done:
+        model = MODELS[entity]
+        current = session.execute(select(model.state).where(model.id == entity_id)).scalar()
+        if current is None:
+            raise StaleState(f"{entity.value} {entity_id} does not exist")
+        fence = f" attempt {attempt}" if attempt is not None else ""
+        raise StaleState(f"{entity.value} {entity_id}{fence} is {current}, not {expected}"
+                         + (" (or its lease changed)" if lease_token is not None else ""))
+
+
+def transition_many(
+    session: Session,
+    entity: Entity,
+    ids: Iterable[int],
+    to: str,
+    *,
+    expected: str,
+    actor: str,
+    reason: str = "",
+    attempt: int | None = None,
+    lease_token: str | None = None,
+    values: dict[str, Any] | None = None,
+    now: datetime | None = None,
+) -> list[int]:
+    """Move every row of ``ids`` still in ``expected`` to ``to``; returns the ids moved.
+
+    Rows that moved on in the meantime are left alone (compare-and-set), which is
+    what makes duplicated or reordered events harmless.
+    """
+    if not allowed(entity, expected, to):
+        raise IllegalTransition(f"{entity.value}: {expected} -> {to} is not allowed")
+    values = dict(values or {})
+    if "state" in values:
+        raise ValueError("pass the new state as `to`, not in `values`")
+    now = now or datetime.now(UTC)
+    model = MODELS[entity]
+    id_list = list(dict.fromkeys(ids))
+    moved: list[tuple[int, int | None]] = []
+    for start in range(0, len(id_list), _CHUNK):
+        chunk = id_list[start:start + _CHUNK]
+        conds = [model.id.in_(chunk), model.state == expected]
+        if attempt is not None:
+            conds.append(model.attempt == attempt)
+        if lease_token is not None:
+            conds.append(model.lease_token == lease_token)
+        stmt = (update(model).where(*conds)
+                .values(state=to, **_timestamp_columns(entity, to, now), **values)
+                .returning(model.id, model.attempt if entity is Entity.JOB
+                           else literal_column("NULL")))
+        moved.extend((row[0], row[1]) for row in session.execute(stmt))
+    _log(session, entity, moved, expected, to, actor, reason, now)
+    return [m[0] for m in moved]
+
+
+def _log(session: Session, entity: Entity, moved: Sequence[tuple[int, int | None]],
+         src: str, dst: str, actor: str, reason: str, now: datetime) -> None:
+    if not moved:
+        return
+    session.execute(insert(StateHistory), [
+        {"entity": entity.value, "entity_id": i, "from_state": src, "to_state": dst,
+         "attempt": a, "at": now, "actor": actor, "reason": reason[:2000]}
+        for i, a in moved
+    ])
+    events.queue(session, events.StateChanged(entity.value, tuple(i for i, _ in moved), src,
+                                              dst, actor, reason))
+
+
+def record_created(session: Session, entity: Entity, rows: Sequence[tuple[int, int | None]],
+                   state: str, *, actor: str, reason: str = "",
+                   now: datetime | None = None) -> None:
+    """Log the birth of rows inserted in ``state`` (from "") and publish it after commit."""
+    _log(session, entity, rows, "", state, actor, reason, now or datetime.now(UTC))
+
+
+def claim_jobs(session: Session, queue_id: int, n: int, pilot_id: str,
+               now: datetime | None = None) -> list[tuple[int, int, str, dict[str, Any]]]:
+    """Claim up to ``n`` activated jobs of a queue for a pilot, best priority first.
+
+    One round trip; on PostgreSQL concurrent claimers skip each other's locked
+    rows instead of waiting or failing, so nobody is told "no jobs" while jobs
+    remain. Returns ``(job_id, attempt, lease_token, spec)`` per claimed job.
+    """
+    now = now or datetime.now(UTC)
+    pg = is_postgres(session)
+    inner = (select(Job.id)
+             .where(Job.queue_id == queue_id, Job.state == JobState.ACTIVATED.value)
+             .order_by(Job.priority.desc(), Job.id)
+             .limit(n))
+    if pg:
+        inner = inner.with_for_update(skip_locked=True)
+        token = literal_column("replace(gen_random_uuid()::text, '-', '')")
+    else:
+        token = literal_column("lower(hex(randomblob(16)))")
+    stmt = (update(Job)
+            .where(Job.id.in_(inner.scalar_subquery()),
+                   Job.state == JobState.ACTIVATED.value)
+            .values(state=JobState.SENT.value, lease_token=token, pilot_id=pilot_id,
+                    state_changed_at=now, heartbeat_at=now)
+            .returning(Job.id, Job.attempt, Job.lease_token, Job.spec)
+            .execution_options(synchronize_session=False))
+    rows = [(r[0], r[1], r[2], r[3] or {}) for r in session.execute(stmt)]
+    _log(session, Entity.JOB, [(r[0], r[1]) for r in rows], JobState.ACTIVATED,
+         JobState.SENT, f"pilot:{pilot_id}", "claimed", now)
+    return rows

@@ -1,0 +1,70 @@
+"""Inbound data events, made idempotent.
+
+A DDM tells us a request ended by a callback (HTTP, STOMP), or our poller finds
+out. Either way the event is kept once under its dedup key; a duplicate, or a
+late event about a request that already ended, changes nothing. The request's
+state then moves through the one transition path, whose committed event wakes
+the activator at once.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from dawms.catalog.models import DataRequest, DDMEvent
+from dawms.catalog.states import Entity, RequestState
+from dawms.catalog.transition import transition_many
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+OUTCOMES = {"done": RequestState.DONE, "failed": RequestState.FAILED,
+            "cancelled": RequestState.CANCELLED}
+
+
+def record(session: Session, *, source: str, dedup_key: str, kind: str,
+           payload: dict[str, Any], now: datetime) -> bool:
+    """Keep the event once; False when its dedup key was seen before."""
+    if session.scalar(select(DDMEvent.id).where(DDMEvent.dedup_key == dedup_key)):
+        return False
+    try:
+        with session.begin_nested():
+            session.add(DDMEvent(dedup_key=dedup_key, source=source, kind=kind,
+                                 payload=payload, received_at=now))
+    except IntegrityError:  # a concurrent receiver kept it first
+        return False
+    return True
+
+
+def apply_request_outcome(session: Session, *, source: str, dedup_key: str,
+                          outcome: str, now: datetime, request_id: int | None = None,
+                          external_id: str | None = None, error: str = "") -> str:
+    """Apply "request ended" once. Returns what happened: applied | duplicate | stale.
+
+    Raises LookupError for a request we never made and ValueError for an unknown
+    outcome; both are the caller's bad input and nothing is written.
+    """
+    if outcome not in OUTCOMES:
+        raise ValueError(f"outcome must be one of {sorted(OUTCOMES)}, not {outcome!r}")
+    query = select(DataRequest)
+    if request_id is not None:
+        query = query.where(DataRequest.id == request_id)
+    elif external_id is not None:
+        query = query.where(DataRequest.external_id == external_id)
+    else:
+        raise ValueError("an event must name request_id or external_id")
+    req = session.scalar(query)
+    if req is None:
+        raise LookupError(f"no data request {request_id or external_id!r}")
+    if not record(session, source=source, dedup_key=dedup_key, kind=f"request_{outcome}",
+                  payload={"request_id": req.id, "external_id": req.external_id,
+                           "error": error}, now=now):
+        return "duplicate"
+    if req.state != RequestState.REQUESTED:
+        return "stale"
+    values = {"error": error[:2000]} if error else {}
+    moved = transition_many(session, Entity.REQUEST, [req.id], OUTCOMES[outcome],
+                            expected=RequestState.REQUESTED, actor=f"ddm:{source}",
+                            reason=error or f"request {outcome}", values=values, now=now)
+    return "applied" if moved else "stale"

@@ -1,0 +1,189 @@
+"""The embedded DDM: the catalog's replica tables are the truth, fsspec moves bytes.
+
+It does what Rucio does for dawms on one machine: datasets and their files,
+replicas per endpoint, replication requests (carried out by ``transfer.py``, a
+worker that copies and verifies size and adler32) and output registration
+(which checks the file is really there with the size the pilot reported).
+"""
+
+from __future__ import annotations
+
+import posixpath
+import uuid
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from pathlib import Path
+
+import fsspec
+from dawms.catalog.models import (
+    DataRequest,
+    DataRequestFile,
+    Dataset,
+    DatasetFile,
+    File,
+    Replica,
+    StorageEndpoint,
+)
+from dawms.catalog.states import Entity, ReplicaState, RequestState
+from dawms.catalog.transition import record_created, transition_many
+from sqlalchemy import func, insert, select
+from sqlalchemy.orm import Session
+
+from .abc import DDM, FileInfo, RegistrationError, UnknownDataset, split_did
+from .checksum import stream_copy
+from .events import apply_request_outcome
+from .paths import lfn2pfn
+
+
+class LocalDDM(DDM):
+    name = "local"
+
+    # ------------------------------------------------------------- datasets
+    def list_files(self, session: Session, did: str) -> list[File]:
+        ds = self._dataset(session, did)
+        if ds is None:
+            raise UnknownDataset(f"dataset {did} is not known to the local DDM")
+        return list(session.scalars(
+            select(File).join(DatasetFile, DatasetFile.file_id == File.id)
+            .where(DatasetFile.dataset_id == ds.id)
+            .order_by(DatasetFile.position, File.name)))
+
+    def _dataset(self, session: Session, did: str) -> Dataset | None:
+        scope, name = split_did(did)
+        return session.scalar(select(Dataset).where(Dataset.scope == scope,
+                                                    Dataset.name == name))
+
+    def _ensure_dataset(self, session: Session, did: str) -> Dataset:
+        ds = self._dataset(session, did)
+        if ds is None:
+            scope, name = split_did(did)
+            ds = Dataset(scope=scope, name=name)
+            session.add(ds)
+            session.flush()
+        return ds
+
+    def add_files(self, session: Session, did: str, files: Iterable[FileInfo],
+                  endpoint: StorageEndpoint) -> list[File]:
+        """Record files already present on ``endpoint`` as replicas in dataset ``did``.
+
+        A file already known must match in size and adler32; anything else is refused.
+        """
+        ds = self._ensure_dataset(session, did)
+        infos = list(files)
+        known = {(f.scope, f.name): f for f in session.scalars(
+            select(File).where(File.name.in_([i.name for i in infos])))}
+        position = session.scalar(select(func.count()).select_from(DatasetFile)
+                                  .where(DatasetFile.dataset_id == ds.id)) or 0
+        out: list[File] = []
+        for info in infos:
+            row = known.get((info.scope, info.name))
+            if row is None:
+                row = File(scope=info.scope, name=info.name, size=info.size,
+                           adler32=info.adler32, guid=info.guid or str(uuid.uuid4()),
+                           events=info.events)
+                session.add(row)
+            elif (row.size, row.adler32) != (info.size, info.adler32):
+                raise RegistrationError(
+                    f"{info.scope}:{info.name} is already registered with size {row.size} "
+                    f"adler32 {row.adler32}, not {info.size} {info.adler32}")
+            out.append(row)
+        session.flush()
+        attached = set(session.scalars(select(DatasetFile.file_id).where(
+            DatasetFile.dataset_id == ds.id, DatasetFile.file_id.in_([f.id for f in out]))))
+        have = set(session.scalars(select(Replica.file_id).where(
+            Replica.endpoint_id == endpoint.id, Replica.file_id.in_([f.id for f in out]))))
+        now = datetime.now(UTC)
+        for f in out:
+            if f.id not in attached:
+                session.add(DatasetFile(dataset_id=ds.id, file_id=f.id, position=position))
+                position += 1
+                attached.add(f.id)
+            if f.id not in have:
+                session.add(Replica(file_id=f.id, endpoint_id=endpoint.id,
+                                    state=ReplicaState.AVAILABLE, updated_at=now))
+                have.add(f.id)
+        session.flush()
+        return out
+
+    def upload(self, session: Session, did: str, paths: Iterable[str | Path],
+               endpoint: StorageEndpoint) -> list[File]:
+        """Copy local files onto ``endpoint`` (checksummed on the way) and register them."""
+        scope, _ = split_did(did)
+        infos = []
+        for path in paths:
+            name = Path(path).name
+            dst = self.pfn(endpoint, scope, name)
+            fs, dst_path = fsspec.core.url_to_fs(dst)
+            fs.makedirs(posixpath.dirname(dst_path), exist_ok=True)
+            with open(path, "rb") as src, fs.open(dst_path, "wb") as out:
+                size, adler = stream_copy(src, out)
+            infos.append(FileInfo(scope=scope, name=name, size=size, adler32=adler))
+        return self.add_files(session, did, infos, endpoint)
+
+    # ------------------------------------------------------------- requests
+    def request_replication(self, session: Session, files: list[File],
+                            endpoint: StorageEndpoint, *, name: str,
+                            activity: str = "Production Input") -> DataRequest:
+        now = datetime.now(UTC)
+        req = DataRequest(kind="replicate", name=name, endpoint_id=endpoint.id, ddm=self.name,
+                          activity=activity, state=RequestState.REQUESTED,
+                          files_total=len(files), created_at=now, updated_at=now)
+        session.add(req)
+        session.flush()
+        req.external_id = f"local-{req.id}"
+        record_created(session, Entity.REQUEST, [(req.id, None)], RequestState.REQUESTED,
+                       actor="ddm:local", reason=f"{len(files)} files to {endpoint.name}",
+                       now=now)
+        ids = [f.id for f in files]
+        session.execute(insert(DataRequestFile),
+                        [{"request_id": req.id, "file_id": i, "done": 0} for i in ids])
+        existing = {r.file_id: r for r in session.scalars(select(Replica).where(
+            Replica.endpoint_id == endpoint.id, Replica.file_id.in_(ids)))}
+        fresh = [i for i in ids if i not in existing]
+        if fresh:
+            session.execute(insert(Replica), [
+                {"file_id": i, "endpoint_id": endpoint.id, "state": ReplicaState.COPYING,
+                 "updated_at": now} for i in fresh])
+        for state in (ReplicaState.BAD, ReplicaState.UNAVAILABLE):
+            stale = [r.id for r in existing.values() if r.state == state]
+            transition_many(session, Entity.REPLICA, stale, ReplicaState.COPYING,
+                            expected=state, actor="ddm:local", reason=f"request {req.id}",
+                            now=now)
+        session.flush()
+        return req
+
+    def poll(self, session: Session, now: datetime) -> list[int]:
+        """Safety net: end requests whose files are all available but were not closed."""
+        open_reqs = list(session.scalars(select(DataRequest).where(
+            DataRequest.ddm == self.name, DataRequest.state == RequestState.REQUESTED)))
+        ended = []
+        for req in open_reqs:
+            missing = session.scalar(
+                select(func.count()).select_from(DataRequestFile)
+                .outerjoin(Replica, (Replica.file_id == DataRequestFile.file_id)
+                           & (Replica.endpoint_id == req.endpoint_id)
+                           & (Replica.state == ReplicaState.AVAILABLE))
+                .where(DataRequestFile.request_id == req.id, Replica.id.is_(None)))
+            if missing == 0 and apply_request_outcome(
+                    session, source="poll", dedup_key=f"local:{req.id}:done", outcome="done",
+                    request_id=req.id, now=now) == "applied":
+                ended.append(req.id)
+        return ended
+
+    # ------------------------------------------------------------- outputs
+    def register_outputs(self, session: Session, did: str, files: list[FileInfo],
+                         endpoint: StorageEndpoint) -> list[File]:
+        for info in files:
+            url = self.pfn(endpoint, info.scope, info.name)
+            fs, path = fsspec.core.url_to_fs(url)
+            try:
+                size = fs.size(path)
+            except FileNotFoundError:
+                raise RegistrationError(f"{info.scope}:{info.name} is not at {url}") from None
+            if size != info.size:
+                raise RegistrationError(f"{info.scope}:{info.name} at {url} has {size} bytes, "
+                                        f"the pilot reported {info.size}")
+        return self.add_files(session, did, files, endpoint)
+
+    def pfn(self, endpoint: StorageEndpoint, scope: str, name: str) -> str:
+        return lfn2pfn(endpoint.url_prefix, scope, name)

@@ -1,0 +1,180 @@
+"""The local DDM's transfer worker: carries out replication requests.
+
+``run_once`` takes open requests with a lease (so two workers never copy the same
+request), copies each missing file from a source replica with fsspec outside any
+transaction, verifies the destination's size and adler32 against the catalog,
+and records the outcome in short transactions. A source whose bytes do not match
+is marked ``bad`` and the next source is tried; a file with no intact source
+fails its request. The request's end goes through ``events.apply_request_outcome``,
+so the activator hears of it at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import posixpath
+import socket
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+import fsspec
+from dawms.catalog.db import Database
+from dawms.catalog.models import DataRequest, DataRequestFile, File, Replica, StorageEndpoint
+from dawms.catalog.states import Entity, ReplicaState, RequestState
+from dawms.catalog.transition import transition_many
+from sqlalchemy import or_, select, update
+
+from .checksum import stream_copy, url_checksum
+from .events import apply_request_outcome
+from .paths import lfn2pfn
+
+log = logging.getLogger(__name__)
+WORKER = f"{socket.gethostname()}:{os.getpid()}"
+
+
+@dataclass
+class _Item:
+    file_id: int
+    scope: str
+    name: str
+    size: int
+    adler32: str
+    dest_replica_id: int
+    dest_state: str
+    sources: list[tuple[int, str]] = field(default_factory=list)  # (replica id, url)
+
+
+@dataclass
+class _Outcome:
+    item: _Item
+    ok: bool
+    bad_sources: list[int]
+    error: str = ""
+
+
+def _copy(item: _Item, dest_url: str) -> _Outcome:
+    bad: list[int] = []
+    errors: list[str] = []
+    fs, dest_path = fsspec.core.url_to_fs(dest_url)
+    for replica_id, src in item.sources:
+        try:
+            fs.makedirs(posixpath.dirname(dest_path), exist_ok=True)
+            with fsspec.open(src, "rb") as fin, fs.open(dest_path, "wb") as fout:
+                size, adler = stream_copy(fin, fout)
+            if (size, adler) != (item.size, item.adler32):
+                bad.append(replica_id)
+                errors.append(f"{src}: source has size {size} adler32 {adler}, "
+                              f"catalog says {item.size} {item.adler32}")
+                fs.rm(dest_path)
+                continue
+            dsize, dadler = url_checksum(dest_url)
+            if (dsize, dadler) != (item.size, item.adler32):
+                errors.append(f"{dest_url}: copy has size {dsize} adler32 {dadler}")
+                fs.rm(dest_path)
+                continue
+            return _Outcome(item, True, bad)
+        except OSError as exc:
+            errors.append(f"{src}: {exc}")
+    return _Outcome(item, False, bad, "; ".join(errors) or "no source replica")
+
+
+def run_once(db: Database, now: datetime | None = None, *, max_requests: int = 5,
+             lease: timedelta = timedelta(minutes=10), batch: int = 16) -> int:
+    """Work on up to ``max_requests`` open local requests; returns files copied."""
+    now = now or datetime.now(UTC)
+    with db.session() as s:
+        ids = list(s.scalars(select(DataRequest.id).where(
+            DataRequest.ddm == "local", DataRequest.state == RequestState.REQUESTED,
+            or_(DataRequest.acquired_until.is_(None), DataRequest.acquired_until < now))
+            .order_by(DataRequest.id).limit(max_requests)))
+        claimed = []
+        for rid in ids:  # compare-and-set on the lease: another worker may have it
+            res = s.execute(update(DataRequest).where(
+                DataRequest.id == rid,
+                or_(DataRequest.acquired_until.is_(None), DataRequest.acquired_until < now))
+                .values(acquired_by=WORKER, acquired_until=now + lease))
+            if res.rowcount:
+                claimed.append(rid)
+    copied = 0
+    for rid in claimed:
+        copied += _work(db, rid, batch)
+    return copied
+
+
+def _load(db: Database, rid: int) -> tuple[str, str, list[_Item]]:
+    with db.session() as s:
+        req = s.get(DataRequest, rid)
+        dest = s.get(StorageEndpoint, req.endpoint_id)
+        rows = s.execute(
+            select(File, Replica.id, Replica.state)
+            .join(DataRequestFile, DataRequestFile.file_id == File.id)
+            .join(Replica, (Replica.file_id == File.id) & (Replica.endpoint_id == dest.id))
+            .where(DataRequestFile.request_id == rid, DataRequestFile.done == 0)).all()
+        items = {f.id: _Item(f.id, f.scope, f.name, f.size, f.adler32, rep_id, state)
+                 for f, rep_id, state in rows}
+        src_rows = s.execute(
+            select(Replica.id, Replica.file_id, StorageEndpoint.url_prefix, StorageEndpoint.kind)
+            .join(StorageEndpoint, StorageEndpoint.id == Replica.endpoint_id)
+            .where(Replica.file_id.in_(list(items)), Replica.endpoint_id != dest.id,
+                   Replica.state == ReplicaState.AVAILABLE)
+            .order_by(StorageEndpoint.kind, Replica.id)).all()  # disk before tape
+        for rep_id, file_id, prefix, _kind in src_rows:
+            it = items[file_id]
+            it.sources.append((rep_id, lfn2pfn(prefix, it.scope, it.name)))
+        return dest.url_prefix, req.name, list(items.values())
+
+
+def _work(db: Database, rid: int, batch: int) -> int:
+    dest_prefix, name, items = _load(db, rid)
+    copied, failed = 0, []
+    for start in range(0, len(items), batch):
+        outcomes = []
+        for item in items[start:start + batch]:
+            if item.dest_state == ReplicaState.AVAILABLE:
+                outcomes.append(_Outcome(item, True, []))  # another request brought it
+                continue
+            outcomes.append(_copy(item, lfn2pfn(dest_prefix, item.scope, item.name)))
+        copied += sum(1 for o in outcomes if o.ok and o.item.dest_state != "available")
+        failed += [o for o in outcomes if not o.ok]
+        _record(db, rid, outcomes)
+    now = datetime.now(UTC)
+    with db.session() as s:
+        if failed:
+            error = "; ".join(f"{o.item.scope}:{o.item.name}: {o.error}" for o in failed)
+            apply_request_outcome(s, source="local", dedup_key=f"local:{rid}:failed",
+                                  outcome="failed", request_id=rid, now=now, error=error)
+            log.warning("request %s (%s) failed: %s", rid, name, error)
+        else:
+            apply_request_outcome(s, source="local", dedup_key=f"local:{rid}:done",
+                                  outcome="done", request_id=rid, now=now)
+        s.execute(update(DataRequest).where(DataRequest.id == rid)
+                  .values(acquired_by=None, acquired_until=None))
+    return copied
+
+
+def _record(db: Database, rid: int, outcomes: list[_Outcome]) -> None:
+    now = datetime.now(UTC)
+    with db.session() as s:
+        for o in outcomes:
+            transition_many(s, Entity.REPLICA, o.bad_sources, ReplicaState.BAD,
+                            expected=ReplicaState.AVAILABLE, actor="ddm:local",
+                            reason=f"checksum mismatch while serving request {rid}", now=now)
+        ok = [o.item for o in outcomes if o.ok]
+        to_flip = [i.dest_replica_id for i in ok if i.dest_state != ReplicaState.AVAILABLE]
+        transition_many(s, Entity.REPLICA, to_flip, ReplicaState.AVAILABLE,
+                        expected=ReplicaState.COPYING, actor="ddm:local",
+                        reason=f"request {rid}", now=now)
+        bad_dest = [o.item.dest_replica_id for o in outcomes if not o.ok]
+        transition_many(s, Entity.REPLICA, bad_dest, ReplicaState.UNAVAILABLE,
+                        expected=ReplicaState.COPYING, actor="ddm:local",
+                        reason=f"request {rid} found no intact source", now=now)
+        if ok:
+            s.execute(update(DataRequestFile).where(
+                DataRequestFile.request_id == rid,
+                DataRequestFile.file_id.in_([i.file_id for i in ok])).values(done=1))
+            s.execute(update(DataRequest).where(DataRequest.id == rid).values(
+                files_done=DataRequest.files_done + len(ok),
+                bytes_done=DataRequest.bytes_done + sum(
+                    i.size for i in ok if i.dest_state != ReplicaState.AVAILABLE),
+                updated_at=now))

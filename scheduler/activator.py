@@ -1,0 +1,75 @@
+"""Activator: ``assigned -> activated`` the moment every input is on disk at the site.
+
+Run at once by the event of a data request ending (``request_ids`` given) and
+periodically over all assigned jobs as the safety net. Only an ``available``
+replica on a *disk* endpoint the job's queue reads from counts (never tape).
+A job whose request failed and whose inputs are still missing fails (category
+``ddm``) and is retried by policy.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from datetime import UTC, datetime
+
+from dawms.catalog.db import Database
+from dawms.catalog.models import DataRequest, Job, JobFile, Queue, StorageEndpoint
+from dawms.catalog.states import Entity, JobState, RequestState
+from dawms.catalog.transition import transition_many
+from dawms.ddm_bridge.abc import DDM
+from sqlalchemy import select, update
+
+from .config import SchedulerConfig
+from .dispatch import available_disk_replicas, build_specs
+from .retry import retry_failed
+
+ACTOR = "scheduler:activator"
+
+
+def run_once(db: Database, ddm: DDM, cfg: SchedulerConfig, now: datetime | None = None,
+             request_ids: list[int] | None = None) -> int:
+    """Activate the assigned jobs whose inputs arrived; returns how many."""
+    now = now or datetime.now(UTC)
+    with db.session() as s:
+        query = select(Job.id, Job.queue_id).where(Job.state == JobState.ASSIGNED)
+        if request_ids:
+            query = query.where(Job.id.in_(select(JobFile.job_id)
+                                           .where(JobFile.request_id.in_(request_ids))))
+        jobs = dict(s.execute(query.order_by(Job.priority.desc(), Job.id)
+                              .limit(cfg.activator_bunch)).all())
+        if not jobs:
+            return 0
+        endpoints = {e.name: e for e in s.scalars(select(StorageEndpoint))}
+        local = {q.id: {endpoints[n].id for n in q.read_endpoints
+                        if n in endpoints and endpoints[n].kind == "disk"}
+                 for q in s.scalars(select(Queue).where(Queue.id.in_(set(jobs.values()))))}
+        inputs: dict[int, list[tuple[int, int | None]]] = defaultdict(list)
+        for job_id, file_id, req in s.execute(
+                select(JobFile.job_id, JobFile.file_id, JobFile.request_id)
+                .where(JobFile.job_id.in_(list(jobs)), JobFile.type == "in")):
+            inputs[job_id].append((file_id, req))
+        held = available_disk_replicas(s, {f for rows in inputs.values() for f, _ in rows})
+        dead_requests = set(s.scalars(select(DataRequest.id).where(
+            DataRequest.id.in_({r for rows in inputs.values() for _, r in rows if r}),
+            DataRequest.state.in_([RequestState.FAILED, RequestState.CANCELLED]))))
+        ready: dict[int, int] = {}
+        doomed: list[int] = []
+        for job_id, rows in inputs.items():
+            missing = [(f, r) for f, r in rows if not set(held.get(f, ())) & local[jobs[job_id]]]
+            if not missing:
+                ready[job_id] = jobs[job_id]
+            elif any(r in dead_requests for _, r in missing):
+                doomed.append(job_id)
+        moved = transition_many(s, Entity.JOB, list(ready), JobState.ACTIVATED,
+                                expected=JobState.ASSIGNED, actor=ACTOR,
+                                reason="all inputs on disk at the site", now=now)
+        specs = build_specs(s, {i: ready[i] for i in moved}, ddm, cfg.heartbeat_s)
+        if specs:
+            s.execute(update(Job), [{"id": i, "spec": sp} for i, sp in specs.items()])
+        failed = transition_many(s, Entity.JOB, doomed, JobState.FAILED,
+                                 expected=JobState.ASSIGNED, actor=ACTOR,
+                                 reason="the data request for its inputs failed",
+                                 values={"error_category": "ddm",
+                                         "error_diag": "input replication failed"}, now=now)
+        retry_failed(s, failed, now)
+        return len(moved)

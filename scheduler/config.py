@@ -1,0 +1,32 @@
+"""The scheduler's knobs, with PanDA's defaults (notes/panda-reference.md)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, fields
+
+
+@dataclass(frozen=True)
+class SchedulerConfig:
+    heartbeat_s: int = 1800  # how often pilots heartbeat (PanDA: 30 min)
+    heartbeat_timeout_s: int = 7200  # running with no heartbeat -> failed (lost heartbeat)
+    sent_timeout_s: int = 1800  # sent with no word from the pilot -> failed
+    broker_bunch: int = 500  # jobs brokered per cycle
+    activator_bunch: int = 2000
+    default_max_attempts: int = 3
+    interval_s: float = 30.0  # periodic safety net for every daemon
+    transfer_interval_s: float = 5.0
+
+    @classmethod
+    def from_env(cls, **overrides: float) -> SchedulerConfig:
+        """Read ``DAWMS_<FIELD>`` (e.g. DAWMS_HEARTBEAT_TIMEOUT_S) over the defaults."""
+        values: dict[str, float] = {}
+        for f in fields(cls):
+            env = os.environ.get(f"DAWMS_{f.name.upper()}")
+            if env is not None:
+                try:
+                    values[f.name] = type(f.default)(float(env))
+                except ValueError:
+                    raise ValueError(f"DAWMS_{f.name.upper()}={env!r} is not a number") from None
+        values.update(overrides)
+        return cls(**values)  # type: ignore[arg-type]

@@ -1,0 +1,148 @@
+"""What a pilot says about its job: heartbeats, state reports, the final report.
+
+Every report is fenced by ``(job_id, attempt, lease_token)``: a report about an
+attempt that is not current (ended, retried, taken by another pilot) raises
+``StaleReport`` and changes nothing, so an old attempt can never resurrect and
+report success (DIRAC's lesson). A final ``finished`` report moves the job to
+``holding``, registers its outputs in the DDM with their size and adler32, and
+finishes it; a registration error fails it as a stage-out failure instead.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from dawms.catalog.models import Job, JobFile, StorageEndpoint
+from dawms.catalog.states import JOB_FINAL, Entity, JobState
+from dawms.catalog.transition import StaleState, transition
+from dawms.ddm_bridge.abc import DDM, FileInfo, RegistrationError
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from .retry import retry_failed
+
+REPORTABLE = {JobState.STARTING, JobState.RUNNING, JobState.HOLDING, JobState.TRANSFERRING,
+              JobState.FINISHED, JobState.FAILED}
+# how a report's state is reached from the job's current one (each step logged)
+PATHS: dict[tuple[str, str], list[JobState]] = {
+    ("sent", "starting"): [JobState.STARTING],
+    ("sent", "running"): [JobState.RUNNING],
+    ("starting", "running"): [JobState.RUNNING],
+    ("sent", "finished"): [JobState.RUNNING, JobState.HOLDING],
+    ("starting", "finished"): [JobState.RUNNING, JobState.HOLDING],
+    ("running", "finished"): [JobState.HOLDING],
+    ("running", "holding"): [JobState.HOLDING],
+    ("running", "transferring"): [JobState.TRANSFERRING],
+    ("holding", "finished"): [],
+}
+
+
+class StaleReport(Exception):
+    """The report is about an attempt or lease that is not current; nothing changed."""
+
+
+class BadReport(ValueError):
+    """The report itself is malformed; nothing changed."""
+
+
+def _fenced(session: Session, job_id: int, attempt: int, token: str) -> Job:
+    job = session.get(Job, job_id, with_for_update=True)
+    if job is None:
+        raise StaleReport(f"job {job_id} does not exist")
+    if job.attempt != attempt or job.lease_token != token:
+        raise StaleReport(f"job {job_id} attempt {attempt} with this lease is not current "
+                          f"(current attempt {job.attempt}, state {job.state})")
+    if job.state in JOB_FINAL:
+        raise StaleReport(f"job {job_id} attempt {attempt} is already {job.state}")
+    return job
+
+
+def pilot_update(session: Session, ddm: DDM, report: dict[str, Any],
+                 now: datetime | None = None) -> dict[str, Any]:
+    """Apply one pilot report; returns the reply data (``{"command": ...}``)."""
+    now = now or datetime.now(UTC)
+    try:
+        job_id, attempt = int(report["job_id"]), int(report["attempt"])
+        token, state = str(report["lease_token"]), JobState(report["state"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise BadReport(f"a report needs job_id, attempt, lease_token and a state: {exc}") \
+            from None
+    if state not in REPORTABLE:
+        raise BadReport(f"a pilot may not report {state.value}; it may report "
+                        f"{sorted(s.value for s in REPORTABLE)}")
+    job = _fenced(session, job_id, attempt, token)
+    metrics = {**(job.metrics or {}), **(report.get("metrics") or {})}
+    session.execute(update(Job).where(Job.id == job.id)
+                    .values(heartbeat_at=now, metrics=metrics))
+    actor = f"pilot:{job.pilot_id}"
+    fence = {"attempt": attempt, "lease_token": token, "actor": actor, "now": now}
+
+    def step(src: str, dst: JobState, reason: str = "", **values: Any) -> str:
+        try:
+            transition(session, Entity.JOB, job.id, dst, expected=src, reason=reason,
+                       values=values or None, **fence)
+        except StaleState as exc:
+            raise StaleReport(str(exc)) from None
+        return dst
+
+    current = job.state
+    if state == JobState.FAILED:
+        _register(session, ddm, job, report, types=("log",), required=False)
+        step(current, JobState.FAILED, report.get("error_diag", "")[:500],
+             exit_code=report.get("exit_code"),
+             error_category=str(report.get("error_category") or "pilot")[:32],
+             error_diag=str(report.get("error_diag", ""))[:4000])
+        retry_failed(session, [job.id], now)
+        return {"command": None}
+    if state == current:
+        return {"command": None}  # a heartbeat
+    path = PATHS.get((current, state.value))
+    if path is None:
+        raise StaleReport(f"job {job_id} is {current}; a report of {state.value} does not "
+                          "follow from it")
+    for dst in path:
+        current = step(current, dst, "reported by the pilot",
+                       **({"started_at": now} if dst == JobState.RUNNING else {}))
+    if state == JobState.FINISHED:
+        try:
+            _register(session, ddm, job, report, types=("out", "log"), required=True)
+        except RegistrationError as exc:
+            step(current, JobState.FAILED, str(exc), exit_code=report.get("exit_code"),
+                 error_category="stageout", error_diag=str(exc)[:4000])
+            retry_failed(session, [job.id], now)
+            return {"command": None}
+        step(current, JobState.FINISHED, "outputs registered",
+             exit_code=report.get("exit_code", 0))
+    return {"command": None}
+
+
+def _register(session: Session, ddm: DDM, job: Job, report: dict[str, Any],
+              types: tuple[str, ...], required: bool) -> None:
+    """Register the reported outputs of ``types``; if ``required``, all must be there."""
+    reported = {o.get("lfn"): o for o in report.get("outputs") or [] if isinstance(o, dict)}
+    files = list(session.scalars(select(JobFile).where(JobFile.job_id == job.id,
+                                                       JobFile.type.in_(types))))
+    endpoint = session.scalar(select(StorageEndpoint).where(
+        StorageEndpoint.name == (job.spec or {}).get("endpoint_out")))
+    by_dataset: dict[str, list[tuple[JobFile, FileInfo]]] = {}
+    for jf in files:
+        out = reported.get(jf.lfn)
+        if out is None:
+            if not required:
+                continue  # e.g. a failed job's log: welcome, not owed
+            raise RegistrationError(f"the pilot did not report output {jf.lfn}")
+        try:
+            info = FileInfo(scope=jf.scope, name=jf.lfn, size=int(out["size"]),
+                            adler32=str(out["adler32"]).lower())
+        except (KeyError, TypeError, ValueError):
+            raise RegistrationError(f"output {jf.lfn} needs size and adler32") from None
+        if len(info.adler32) != 8 or any(c not in "0123456789abcdef" for c in info.adler32):
+            raise RegistrationError(f"output {jf.lfn}: adler32 {info.adler32!r} is not 8 hex")
+        by_dataset.setdefault(jf.dataset, []).append((jf, info))
+    if by_dataset and endpoint is None:
+        raise RegistrationError(f"job {job.id} has no output endpoint")
+    for did, pairs in by_dataset.items():
+        registered = ddm.register_outputs(session, did, [i for _, i in pairs], endpoint)
+        for (jf, info), f in zip(pairs, registered, strict=True):
+            jf.file_id, jf.size, jf.adler32 = f.id, info.size, info.adler32

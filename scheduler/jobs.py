@@ -1,0 +1,49 @@
+"""Creating job rows (first attempts from the splitter, new attempts from retries)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+
+from dawms.catalog.models import File, Job, JobFile, Task
+from dawms.catalog.states import Entity, JobState
+from dawms.catalog.transition import record_created
+from dawms.ddm_bridge.abc import split_did
+from sqlalchemy import insert
+from sqlalchemy.orm import Session
+
+from .naming import log_lfn, output_lfn
+
+
+def create_jobs(session: Session, task: Task,
+                pieces: Sequence[tuple[int, int, Sequence[tuple[File, str]], int | None]],
+                *, now: datetime, actor: str, reason: str) -> list[int]:
+    """Insert one defined job per ``(index, attempt, [(file, dataset)], retry_of)``."""
+    res = task.resources
+    jobs = [Job(task_id=task.id, job_index=index, attempt=attempt, retry_of=retry_of,
+                state=JobState.DEFINED, priority=task.priority, cores=res["cores"],
+                memory_mb=res["memory_mb"], walltime_s=res["walltime_s"],
+                disk_mb=res["disk_mb"], state_changed_at=now, created_at=now)
+            for index, attempt, _, retry_of in pieces]
+    session.add_all(jobs)
+    session.flush()
+    out_scope, _ = split_did(task.output_dataset)
+    log_scope, _ = split_did(task.log_dataset)
+    rows = []
+    for job, (index, attempt, inputs, _) in zip(jobs, pieces, strict=True):
+        for f, did in inputs:
+            rows.append({"job_id": job.id, "type": "in", "scope": f.scope, "lfn": f.name,
+                         "dataset": did, "file_id": f.id, "size": f.size,
+                         "adler32": f.adler32})
+        rows.append({"job_id": job.id, "type": "out", "scope": out_scope,
+                     "lfn": output_lfn(task.output_dataset, index, attempt),
+                     "dataset": task.output_dataset, "file_id": None, "size": None,
+                     "adler32": None})
+        rows.append({"job_id": job.id, "type": "log", "scope": log_scope,
+                     "lfn": log_lfn(task.log_dataset, index, attempt),
+                     "dataset": task.log_dataset, "file_id": None, "size": None,
+                     "adler32": None})
+    session.execute(insert(JobFile), rows)
+    record_created(session, Entity.JOB, [(j.id, j.attempt) for j in jobs], JobState.DEFINED,
+                   actor=actor, reason=reason, now=now)
+    return [j.id for j in jobs]

@@ -1,0 +1,86 @@
+"""Shared fixtures: a catalog on SQLite and on PostgreSQL, sites, datasets.
+
+Every DB test runs on both backends. PostgreSQL is the server `make services`
+prepares (``DAWMS_TEST_PG_URL``, default the machine's 127.0.0.1:5432); each test
+session gets a throwaway database. With ``DAWMS_NO_SKIP=1`` (set by `make test`)
+a skipped test is an error: in CI nothing may skip silently.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from dawms.catalog.db import Database
+from dawms.catalog.site_config import sync, validate
+from dawms.ddm_bridge.local import LocalDDM
+from factories import site_config
+from sqlalchemy import create_engine, text
+
+PG_ADMIN_URL = os.environ.get("DAWMS_TEST_PG_URL",
+                              "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):  # type: ignore[no-untyped-def]
+    outcome = yield
+    rep = outcome.get_result()
+    if os.environ.get("DAWMS_NO_SKIP") == "1" and rep.skipped and not hasattr(rep, "wasxfail"):
+        rep.outcome = "failed"
+        rep.longrepr = f"skipped, but DAWMS_NO_SKIP=1 forbids skips: {rep.longrepr}"
+
+
+@pytest.fixture(scope="session")
+def pg_server_url() -> Iterator[str]:
+    """A fresh PostgreSQL database for this test session; dropped at the end."""
+    name = f"dawms_test_{uuid.uuid4().hex[:10]}"
+    try:
+        admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+        with admin.connect() as conn:
+            conn.execute(text(f'CREATE DATABASE "{name}"'))
+    except Exception as exc:  # no server: say so (DAWMS_NO_SKIP turns this into a failure)
+        pytest.skip(f"PostgreSQL at {PG_ADMIN_URL} is not usable ({exc}); run `make services`")
+    url = PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
+    yield url
+    with admin.connect() as conn:
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'catalog.db'}"
+    base = request.getfixturevalue("pg_server_url")
+    # one schema-fresh database per test: drop everything the previous test made
+    engine = create_engine(base, isolation_level="AUTOCOMMIT")
+    with engine.connect() as conn:
+        conn.execute(text("DROP SCHEMA public CASCADE"))
+        conn.execute(text("CREATE SCHEMA public"))
+    engine.dispose()
+    return base
+
+
+@pytest.fixture
+def db(db_url: str) -> Iterator[Database]:
+    database = Database(db_url)
+    database.upgrade()
+    yield database
+    database.dispose()
+
+
+@pytest.fixture
+def ddm() -> LocalDDM:
+    return LocalDDM()
+
+
+@pytest.fixture
+def sites(db: Database, tmp_path: Path) -> list[str]:
+    names = ["SITE_A", "SITE_B", "SITE_C"]
+    with db.session() as s:
+        sync(s, validate(site_config(tmp_path / "storage", names)), actor="test",
+             source="fixture")
+    return names
