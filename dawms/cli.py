@@ -1,0 +1,313 @@
+"""The ``dawms`` command: run the server and scheduler, configure sites, submit and
+watch tasks and jobs, and run the demo. Tables for humans, ``--json`` for scripts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import json
+import logging
+import sys
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from .settings import Settings
+
+
+def _print_json(data: Any) -> None:
+    print(json.dumps(data, indent=None, default=str))
+
+
+def _table(title: str, rows: list[dict[str, Any]], cols: list[str]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title)
+    for c in cols:
+        table.add_column(c)
+    for r in rows:
+        table.add_row(*["" if r.get(c) is None else str(r.get(c)) for c in cols])
+    Console().print(table)
+
+
+def _client(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    from .client import Client
+
+    return Client(args.server, user=getpass.getuser())
+
+
+# ------------------------------------------------------------------ commands
+def cmd_db_upgrade(args: argparse.Namespace, st: Settings) -> int:
+    from dawms.catalog.db import Database
+
+    db = Database(st.db_url)
+    db.upgrade()
+    print(f"catalog at {st.db_url} is up to date")
+    return 0
+
+
+def cmd_server(args: argparse.Namespace, st: Settings) -> int:
+    import uvicorn
+
+    from dawms.catalog.db import Database
+    from dawms.ddm_bridge import get_ddm
+    from dawms.scheduler.config import SchedulerConfig
+    from dawms.server.app import create_app
+
+    db = Database(st.db_url)
+    db.upgrade()
+    app = create_app(db, get_ddm(st.ddm), SchedulerConfig.from_env(),
+                     with_scheduler=args.scheduler)
+    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level,
+                access_log=False)
+    return 0
+
+
+def cmd_scheduler(args: argparse.Namespace, st: Settings) -> int:
+    import threading
+
+    from dawms.catalog.db import Database
+    from dawms.ddm_bridge import get_ddm
+    from dawms.scheduler.config import SchedulerConfig
+    from dawms.scheduler.runner import Scheduler
+
+    db = Database(st.db_url)
+    db.upgrade()
+    sched = Scheduler(db, get_ddm(st.ddm), SchedulerConfig.from_env())
+    if args.once:
+        sched.run_all_once()
+        return 0
+    sched.start()
+    try:
+        threading.Event().wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        sched.stop()
+    return 0
+
+
+def cmd_sites_sync(args: argparse.Namespace, st: Settings) -> int:
+    from dawms.catalog.db import Database
+    from dawms.catalog.site_config import ConfigError, load, sync
+
+    try:
+        config = load(args.file)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    db = Database(st.db_url)
+    db.upgrade()
+
+    class _DryRun(Exception):
+        pass
+
+    changes = []
+    try:
+        with db.session() as s:
+            changes = sync(s, config, actor=getpass.getuser(), source=str(args.file))
+            if args.dry_run:
+                raise _DryRun
+    except _DryRun:
+        pass
+    except ConfigError as exc:
+        print(f"error: {exc}; nothing was applied", file=sys.stderr)
+        return 2
+    if args.json:
+        _print_json({"applied": not args.dry_run, "changes": [str(c) for c in changes]})
+    else:
+        for c in changes:
+            print(c)
+        verb = "would apply" if args.dry_run else "applied"
+        print(f"{verb} {len(changes)} change(s)" if changes else "no changes")
+    return 0
+
+
+def cmd_data_upload(args: argparse.Namespace, st: Settings) -> int:
+    from sqlalchemy import select
+
+    from dawms.catalog.db import Database
+    from dawms.catalog.models import StorageEndpoint
+    from dawms.ddm_bridge.local import LocalDDM
+
+    db = Database(st.db_url)
+    db.upgrade()
+    with db.session() as s:
+        ep = s.scalar(select(StorageEndpoint).where(StorageEndpoint.name == args.endpoint))
+        if ep is None:
+            print(f"error: no endpoint {args.endpoint}", file=sys.stderr)
+            return 2
+        files = LocalDDM().upload(s, args.dataset, args.files, ep)
+        print(f"{len(files)} files in {args.dataset} at {args.endpoint}")
+    return 0
+
+
+def _load_spec(path: str) -> dict[str, Any]:
+    text = Path(path).read_text()
+    return json.loads(text) if path.endswith(".json") else tomllib.loads(text)
+
+
+def cmd_task_submit(args: argparse.Namespace, st: Settings) -> int:
+    try:
+        spec = _load_spec(args.file)
+    except (OSError, ValueError) as exc:
+        print(f"error: cannot read {args.file}: {exc}", file=sys.stderr)
+        return 2
+    with _client(args) as c:
+        data = c.submit_task(spec)
+    _print_json(data) if args.json else print(f"task {data['task_id']} {data['state']}")
+    return 0
+
+
+def cmd_task_list(args: argparse.Namespace, st: Settings) -> int:
+    with _client(args) as c:
+        tasks = c.tasks(state=args.state, limit=args.limit)
+    if args.json:
+        _print_json(tasks)
+        return 0
+    rows = [{**t, "jobs": " ".join(f"{k}:{v}" for k, v in sorted(t["jobs"].items()))}
+            for t in tasks]
+    _table("tasks", rows, ["id", "name", "owner", "state", "priority", "jobs"])
+    return 0
+
+
+def cmd_task_show(args: argparse.Namespace, st: Settings) -> int:
+    with _client(args) as c:
+        t = c.task(args.id)
+    if args.json:
+        _print_json(t)
+        return 0
+    for key in ("id", "name", "owner", "state", "priority", "input_datasets", "output_dataset",
+                "split", "resources", "jobs", "error"):
+        print(f"{key:>15}: {t[key]}")
+    _table("history", t["history"], ["at", "from", "to", "actor", "reason"])
+    return 0
+
+
+def cmd_job_list(args: argparse.Namespace, st: Settings) -> int:
+    with _client(args) as c:
+        jobs = c.jobs(task_id=args.task, state=args.state, limit=args.limit)
+    if args.json:
+        _print_json(jobs)
+        return 0
+    _table("jobs", jobs, ["id", "task_id", "job_index", "attempt", "state", "queue",
+                          "error_category"])
+    return 0
+
+
+def cmd_job_show(args: argparse.Namespace, st: Settings) -> int:
+    with _client(args) as c:
+        j = c.job(args.id)
+    if args.json:
+        _print_json(j)
+        return 0
+    for key in ("id", "task_id", "job_index", "attempt", "state", "queue", "pilot_id",
+                "exit_code", "error_category", "error_diag", "metrics"):
+        print(f"{key:>15}: {j[key]}")
+    _table("files", j["files"], ["type", "lfn", "dataset", "size", "adler32", "registered"])
+    _table("history", j["history"], ["at", "from", "to", "attempt", "actor", "reason"])
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace, st: Settings) -> int:
+    from .demo import run_demo
+
+    return run_demo(json_out=args.json, keep=args.keep, workdir=args.workdir)
+
+
+# ------------------------------------------------------------------ parser
+def build_parser() -> argparse.ArgumentParser:
+    st_server = Settings.from_env().server
+    p = argparse.ArgumentParser(prog="dawms", description="data-aware workload management")
+    p.add_argument("--server", default=st_server, help="dawms server URL ($DAWMS_SERVER)")
+    p.add_argument("-v", "--verbose", action="store_true")
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    db = sub.add_parser("db", help="the catalog database").add_subparsers(dest="sub",
+                                                                          required=True)
+    db.add_parser("upgrade", help="create or migrate the schema").set_defaults(fn=cmd_db_upgrade)
+
+    s = sub.add_parser("server", help="run the HTTP server (and, by default, the scheduler)")
+    s.add_argument("--host", default="127.0.0.1")
+    s.add_argument("--port", type=int, default=8080)
+    s.add_argument("--no-scheduler", dest="scheduler", action="store_false",
+                   help="do not run the scheduler's daemons in this process")
+    s.add_argument("--log-level", default="warning")
+    s.set_defaults(fn=cmd_server)
+
+    sc = sub.add_parser("scheduler", help="run the scheduler's daemons")
+    sc.add_argument("--once", action="store_true", help="run every daemon once and exit")
+    sc.set_defaults(fn=cmd_scheduler)
+
+    sites = sub.add_parser("sites", help="sites, queues, endpoints").add_subparsers(
+        dest="sub", required=True)
+    sy = sites.add_parser("sync", help="apply a site TOML file (shows the diff)")
+    sy.add_argument("file")
+    sy.add_argument("--dry-run", action="store_true", help="show the diff, change nothing")
+    sy.add_argument("--json", action="store_true")
+    sy.set_defaults(fn=cmd_sites_sync)
+
+    data = sub.add_parser("data", help="the local DDM").add_subparsers(dest="sub", required=True)
+    up = data.add_parser("upload", help="copy files to an endpoint and register them")
+    up.add_argument("dataset", help="scope:name")
+    up.add_argument("files", nargs="+")
+    up.add_argument("--endpoint", required=True)
+    up.set_defaults(fn=cmd_data_upload)
+
+    task = sub.add_parser("task", help="tasks").add_subparsers(dest="sub", required=True)
+    ts = task.add_parser("submit", help="submit a task file (TOML or JSON)")
+    ts.add_argument("file")
+    ts.add_argument("--json", action="store_true")
+    ts.set_defaults(fn=cmd_task_submit)
+    tl = task.add_parser("list")
+    tl.add_argument("--state")
+    tl.add_argument("--limit", type=int, default=100)
+    tl.add_argument("--json", action="store_true")
+    tl.set_defaults(fn=cmd_task_list)
+    tsh = task.add_parser("show")
+    tsh.add_argument("id", type=int)
+    tsh.add_argument("--json", action="store_true")
+    tsh.set_defaults(fn=cmd_task_show)
+
+    job = sub.add_parser("job", help="jobs").add_subparsers(dest="sub", required=True)
+    jl = job.add_parser("list")
+    jl.add_argument("--task", type=int)
+    jl.add_argument("--state")
+    jl.add_argument("--limit", type=int, default=1000)
+    jl.add_argument("--json", action="store_true")
+    jl.set_defaults(fn=cmd_job_list)
+    js = job.add_parser("show")
+    js.add_argument("id", type=int)
+    js.add_argument("--json", action="store_true")
+    js.set_defaults(fn=cmd_job_show)
+
+    d = sub.add_parser("demo", help="run the whole data-aware flow on one machine")
+    d.add_argument("--json", action="store_true", help="print one JSON summary line at the end")
+    d.add_argument("--keep", action="store_true", help="keep the demo's directory")
+    d.add_argument("--workdir", help="use this directory instead of a fresh temp dir")
+    d.set_defaults(fn=cmd_demo)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        settings = Settings.from_env()
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from .client import DawmsError
+
+    try:
+        return int(args.fn(args, settings) or 0)
+    except DawmsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,80 @@
+"""The Python client of the dawms server, for scripts, notebooks and the CLI.
+
+    from dawms.client import Client
+    c = Client("http://127.0.0.1:8080")
+    task_id = c.submit_task({...})["task_id"]
+    c.summary(task_id)
+
+Errors come back as ``DawmsError`` carrying the server's message and HTTP status.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+
+
+class DawmsError(Exception):
+    def __init__(self, message: str, status: int) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class Client:
+    def __init__(self, server: str = "http://127.0.0.1:8080", *, user: str | None = None,
+                 timeout: float = 30.0) -> None:
+        headers = {"X-Dawms-User": user} if user else {}
+        self._http = httpx.Client(base_url=server.rstrip("/"), timeout=timeout, headers=headers)
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _call(self, method: str, path: str, **kwargs: Any) -> Any:
+        try:
+            resp = self._http.request(method, f"/api/v1{path}", **kwargs)
+        except httpx.HTTPError as exc:
+            raise DawmsError(f"cannot reach the dawms server at {self._http.base_url}: {exc}",
+                             0) from None
+        try:
+            body = resp.json()
+        except ValueError:
+            raise DawmsError(f"{resp.status_code}: {resp.text[:200]}", resp.status_code) from None
+        if not body.get("success"):
+            raise DawmsError(body.get("message") or resp.reason_phrase, resp.status_code)
+        return body.get("data")
+
+    def ping(self) -> dict[str, Any]:
+        return self._call("GET", "/ping")
+
+    def submit_task(self, spec: dict[str, Any]) -> dict[str, Any]:
+        return self._call("POST", "/task/submit", json=spec)
+
+    def tasks(self, state: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
+        params: dict[str, Any] = {"limit": limit, **({"state": state} if state else {})}
+        return self._call("GET", "/task/list", params=params)
+
+    def task(self, task_id: int) -> dict[str, Any]:
+        return self._call("GET", f"/task/{task_id}")
+
+    def jobs(self, task_id: int | None = None, state: str | None = None,
+             limit: int = 1000) -> list[dict[str, Any]]:
+        params: dict[str, Any] = {"limit": limit}
+        if task_id is not None:
+            params["task_id"] = task_id
+        if state:
+            params["state"] = state
+        return self._call("GET", "/job/list", params=params)
+
+    def job(self, job_id: int) -> dict[str, Any]:
+        return self._call("GET", f"/job/{job_id}")
+
+    def summary(self, task_id: int | None = None) -> dict[str, Any]:
+        return self._call("GET", "/summary",
+                          params={"task_id": task_id} if task_id is not None else {})

@@ -1,0 +1,80 @@
+"""The pilot endpoints: acquire jobs, update a job, update jobs in bulk.
+
+``acquire_jobs`` is the hot path: one claim statement returning the dispatch
+data prepared at activation, no ORM object graph. Updates are fenced by
+``(job_id, attempt, lease_token)``: a stale one gets 409 and changes nothing.
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+from fastapi import APIRouter, Request
+from sqlalchemy import func, select
+
+from dawms.catalog.models import Job, Queue
+from dawms.catalog.states import JOB_QUEUED
+from dawms.catalog.transition import claim_jobs
+from dawms.scheduler.job import StaleReport, pilot_update
+
+from .envelope import NotFound, ok
+from .schemas import AcquireJobs, Envelope, JobUpdate, JobUpdates
+
+router = APIRouter(prefix="/api/v1/pilot", tags=["pilot"])
+_QUEUE_TTL_S = 30.0
+
+
+def _queue(request: Request, name: str) -> tuple[int, str]:
+    cache: dict[str, tuple[float, int, str]] = request.app.state.queue_cache
+    hit = cache.get(name)
+    if hit and hit[0] > time.monotonic():
+        return hit[1], hit[2]
+    with request.app.state.db.session() as s:
+        row = s.execute(select(Queue.id, Queue.status).where(Queue.name == name)).first()
+    if row is None:
+        raise NotFound(f"no queue named {name!r}")
+    cache[name] = (time.monotonic() + _QUEUE_TTL_S, row[0], row[1])
+    return row[0], row[1]
+
+
+@router.post("/acquire_jobs", response_model=Envelope)
+def acquire_jobs(body: AcquireJobs, request: Request) -> dict[str, Any]:
+    """Claim up to ``n_jobs`` activated jobs of the queue for this pilot."""
+    queue_id, status = _queue(request, body.queue)
+    if status not in ("online", "brokeroff", "test"):
+        return ok({"jobs": [], "pending": 0}, f"queue {body.queue} is {status}")
+    with request.app.state.db.session() as s:
+        rows = claim_jobs(s, queue_id, body.n_jobs, body.pilot_id)
+        pending = 0
+        if not rows:
+            pending = s.scalar(select(func.count()).select_from(Job).where(
+                Job.queue_id == queue_id, Job.state.in_(list(JOB_QUEUED)))) or 0
+    jobs = [{**spec, "job_id": job_id, "attempt": attempt, "lease_token": token}
+            for job_id, attempt, token, spec in rows]
+    return ok({"jobs": jobs, "pending": pending})
+
+
+def _apply(request: Request, update: JobUpdate) -> dict[str, Any]:
+    with request.app.state.db.session() as s:
+        return pilot_update(s, request.app.state.ddm, update.model_dump(), datetime.now(UTC))
+
+
+@router.post("/update_job", response_model=Envelope)
+def update_job(body: JobUpdate, request: Request) -> dict[str, Any]:
+    """A heartbeat or a state report; the final one carries the outputs."""
+    return ok(_apply(request, body))
+
+
+@router.post("/update_jobs_bulk", response_model=Envelope)
+def update_jobs_bulk(body: JobUpdates, request: Request) -> dict[str, Any]:
+    """Many updates at once; each is applied (or refused) on its own."""
+    results = []
+    for update in body.updates:
+        try:
+            results.append({"job_id": update.job_id, "success": True, **_apply(request, update)})
+        except (StaleReport, ValueError) as exc:
+            results.append({"job_id": update.job_id, "success": False, "message": str(exc),
+                            "stale": isinstance(exc, StaleReport)})
+    return ok(results)

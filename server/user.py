@@ -1,0 +1,156 @@
+"""User endpoints: submit tasks, list and show tasks and jobs, the summary.
+
+Production managers submit; analysts and operators look. Replies are plain
+JSON built from column selections (no lazy loads per row).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Any
+
+from fastapi import APIRouter, Body, Header, Query, Request
+from sqlalchemy import func, select
+
+from dawms.catalog.models import (
+    DataRequest,
+    File,
+    Job,
+    JobFile,
+    Queue,
+    Replica,
+    Site,
+    StateHistory,
+    Task,
+)
+from dawms.scheduler.task import submit
+
+from .envelope import NotFound, ok
+from .schemas import Envelope
+
+router = APIRouter(prefix="/api/v1", tags=["user"])
+
+TASK_COLS = ("id", "name", "owner", "state", "priority", "input_datasets", "output_dataset",
+             "log_dataset", "split", "resources", "retry", "transformation", "error",
+             "created_at", "updated_at")
+JOB_COLS = ("id", "task_id", "job_index", "attempt", "retry_of", "state", "priority", "cores",
+            "memory_mb", "walltime_s", "pilot_id", "heartbeat_at", "state_changed_at",
+            "created_at", "started_at", "ended_at", "exit_code", "error_category",
+            "error_diag", "metrics")
+
+
+def _row(obj: Any, cols: tuple[str, ...]) -> dict[str, Any]:
+    out = {}
+    for c in cols:
+        v = getattr(obj, c)
+        out[c] = v.isoformat() if hasattr(v, "isoformat") else v
+    return out
+
+
+def _history(s: Any, entity: str, entity_id: int) -> list[dict[str, Any]]:
+    rows = s.scalars(select(StateHistory).where(StateHistory.entity == entity,
+                                                StateHistory.entity_id == entity_id)
+                     .order_by(StateHistory.id))
+    return [{"from": h.from_state, "to": h.to_state, "attempt": h.attempt,
+             "at": h.at.isoformat(), "actor": h.actor, "reason": h.reason} for h in rows]
+
+
+@router.post("/task/submit", response_model=Envelope, tags=["task"])
+def task_submit(request: Request, spec: dict[str, Any] = Body(...),
+                x_dawms_user: str | None = Header(None)) -> dict[str, Any]:
+    """Register a task; an invalid spec or unknown input dataset is a 400 listing why."""
+    with request.app.state.db.session() as s:
+        task = submit(s, spec, request.app.state.ddm, owner=x_dawms_user)
+        return ok({"task_id": task.id, "state": task.state}, f"task {task.id} registered")
+
+
+def _job_counts(s: Any, task_ids: list[int]) -> dict[int, dict[str, int]]:
+    counts: dict[int, dict[str, int]] = defaultdict(dict)
+    for task_id, state, n in s.execute(select(Job.task_id, Job.state, func.count())
+                                       .where(Job.task_id.in_(task_ids))
+                                       .group_by(Job.task_id, Job.state)):
+        counts[task_id][state] = n
+    return counts
+
+
+@router.get("/task/list", response_model=Envelope, tags=["task"])
+def task_list(request: Request, state: str | None = None,
+              limit: int = Query(100, ge=1, le=10000)) -> dict[str, Any]:
+    with request.app.state.db.session() as s:
+        q = select(Task).order_by(Task.id.desc()).limit(limit)
+        if state:
+            q = q.where(Task.state == state)
+        tasks = list(s.scalars(q))
+        counts = _job_counts(s, [t.id for t in tasks])
+        return ok([{**_row(t, TASK_COLS), "jobs": counts.get(t.id, {})} for t in tasks])
+
+
+@router.get("/task/{task_id}", response_model=Envelope, tags=["task"])
+def task_show(task_id: int, request: Request) -> dict[str, Any]:
+    with request.app.state.db.session() as s:
+        task = s.get(Task, task_id)
+        if task is None:
+            raise NotFound(f"no task {task_id}")
+        return ok({**_row(task, TASK_COLS), "jobs": _job_counts(s, [task_id]).get(task_id, {}),
+                   "history": _history(s, "task", task_id)})
+
+
+@router.get("/job/list", response_model=Envelope, tags=["job"])
+def job_list(request: Request, task_id: int | None = None, state: str | None = None,
+             limit: int = Query(1000, ge=1, le=100000)) -> dict[str, Any]:
+    with request.app.state.db.session() as s:
+        q = (select(Job, Queue.name).outerjoin(Queue, Queue.id == Job.queue_id)
+             .order_by(Job.id).limit(limit))
+        if task_id is not None:
+            q = q.where(Job.task_id == task_id)
+        if state:
+            q = q.where(Job.state == state)
+        return ok([{**_row(j, JOB_COLS), "queue": qn} for j, qn in s.execute(q)])
+
+
+@router.get("/job/{job_id}", response_model=Envelope, tags=["job"])
+def job_show(job_id: int, request: Request) -> dict[str, Any]:
+    with request.app.state.db.session() as s:
+        row = s.execute(select(Job, Queue.name).outerjoin(Queue, Queue.id == Job.queue_id)
+                        .where(Job.id == job_id)).first()
+        if row is None:
+            raise NotFound(f"no job {job_id}")
+        job, queue = row
+        files = [{"type": f.type, "scope": f.scope, "lfn": f.lfn, "dataset": f.dataset,
+                  "size": f.size, "adler32": f.adler32, "registered": f.file_id is not None,
+                  "request_id": f.request_id}
+                 for f in s.scalars(select(JobFile).where(JobFile.job_id == job_id)
+                                    .order_by(JobFile.id))]
+        return ok({**_row(job, JOB_COLS), "queue": queue, "files": files,
+                   "history": _history(s, "job", job_id)})
+
+
+@router.get("/summary", response_model=Envelope, tags=["monitor"])
+def summary(request: Request, task_id: int | None = None) -> dict[str, Any]:
+    """Jobs by state and site, tasks by state, replication done, outputs registered."""
+    with request.app.state.db.session() as s:
+        jq = (select(Job.state, Site.name, func.count())
+              .outerjoin(Queue, Queue.id == Job.queue_id).outerjoin(Site, Site.id == Queue.site_id)
+              .group_by(Job.state, Site.name))
+        tq = select(Task.state, func.count()).group_by(Task.state)
+        oq = (select(func.count()).select_from(JobFile)
+              .join(File, File.id == JobFile.file_id)
+              .join(Replica, (Replica.file_id == File.id) & (Replica.state == "available"))
+              .where(JobFile.type == "out", JobFile.size.is_not(None),
+                     JobFile.adler32.is_not(None)))
+        if task_id is not None:
+            jq = jq.where(Job.task_id == task_id)
+            tq = tq.where(Task.id == task_id)
+            oq = oq.join(Job, Job.id == JobFile.job_id).where(Job.task_id == task_id)
+        by_site: dict[str, dict[str, int]] = defaultdict(dict)
+        jobs: dict[str, int] = defaultdict(int)
+        for state, site, n in s.execute(jq):
+            by_site[site or "-"][state] = n
+            jobs[state] += n
+        files, nbytes = s.execute(select(func.coalesce(func.sum(DataRequest.files_done), 0),
+                                         func.coalesce(func.sum(DataRequest.bytes_done), 0))
+                                  ).one()
+        return ok({"jobs": dict(jobs), "jobs_by_site": dict(by_site),
+                   "tasks": {st: n for st, n in s.execute(tq)},
+                   "files_replicated": int(files), "bytes_replicated": int(nbytes),
+                   "outputs_registered": s.scalar(oq) or 0})
