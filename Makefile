@@ -1,0 +1,37 @@
+# dawms: the two commands a new user needs are `make demo` and `make test`.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+PIP := $(BIN)/pip -q --disable-pip-version-check
+
+.PHONY: venv services demo test lint bench clean
+
+# The venv with every extra; deps are reinstalled only when pyproject.toml changes,
+# the strict editable link tree (new modules) is refreshed every time (a second).
+venv: $(VENV)/.deps
+	$(PIP) install --no-deps --no-build-isolation -e . --config-settings editable_mode=strict
+
+$(VENV)/.deps: pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(PIP) install --upgrade pip setuptools wheel
+	$(PIP) install -e '.[all]' --config-settings editable_mode=strict
+	touch $@
+
+# Every system service the tests need, installed and started if missing (idempotent).
+services: venv
+	scripts/services.sh
+
+demo: venv
+	$(BIN)/dawms demo
+
+lint: venv
+	$(BIN)/ruff check .
+
+test: venv services lint
+	. .services/env && DAWMS_NO_SKIP=1 $(BIN)/pytest -q -p no:cacheprovider -rfEs
+
+bench: venv services
+	. .services/env && $(BIN)/python bench/claim_rate.py
+
+clean:
+	rm -rf $(VENV) build .services *.egg-info
