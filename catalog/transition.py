@@ -161,13 +161,16 @@ def claim_jobs(session: Session, queue_id: int, n: int, pilot_id: str,
              .order_by(Job.priority.desc(), Job.id)
              .limit(n))
     if pg:
-        inner = inner.with_for_update(skip_locked=True)
+        # A materialized CTE: the locking subquery runs exactly once (inside IN (...)
+        # PostgreSQL may re-run it and hand out more rows than asked for).
+        claim = inner.with_for_update(skip_locked=True).cte("claim").prefix_with("MATERIALIZED")
+        target = Job.id == claim.c.id
         token = literal_column("replace(gen_random_uuid()::text, '-', '')")
-    else:
+    else:  # SQLite: BEGIN IMMEDIATE already makes us the only writer
+        target = Job.id.in_(inner.scalar_subquery())
         token = literal_column("lower(hex(randomblob(16)))")
     stmt = (update(Job)
-            .where(Job.id.in_(inner.scalar_subquery()),
-                   Job.state == JobState.ACTIVATED.value)
+            .where(target, Job.state == JobState.ACTIVATED.value)
             .values(state=JobState.SENT.value, lease_token=token, pilot_id=pilot_id,
                     state_changed_at=now, heartbeat_at=now)
             .returning(Job.id, Job.attempt, Job.lease_token, Job.spec)

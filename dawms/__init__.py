@@ -14,6 +14,7 @@ from pathlib import Path as _Path
 
 __version__ = "0.1.0"
 
-_root = _Path(__file__).resolve().parent.parent
-if not (_Path(__file__).parent / "catalog").is_dir() and (_root / "catalog" / "states.py").is_file():
+_here = _Path(__file__).resolve().parent
+_root = _here.parent
+if not (_here / "catalog").is_dir() and (_root / "catalog" / "states.py").is_file():
     __path__.append(str(_root))  # type: ignore[name-defined]

@@ -214,7 +214,7 @@ def run_demo(json_out: bool = False, keep: bool = False, workdir: str | None = N
     t0 = time.monotonic()
     console.print(f"[bold]dawms demo[/] in {root}")
     spec, n_inputs = _setup(root, console.print)
-    server_log = open(root / "server.log", "wb")
+    server_log = open(root / "server.log", "wb")  # noqa: SIM115 (closed in the finally)
     server = subprocess.Popen([sys.executable, "-m", "dawms", "server", "--port", str(port)],
                               stdout=server_log, stderr=subprocess.STDOUT,
                               start_new_session=True)

@@ -9,16 +9,22 @@ a skipped test is an error: in CI nothing may skip silently.
 from __future__ import annotations
 
 import os
+import socket
+import subprocess
+import sys
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
+from sqlalchemy import create_engine, text
+
 from dawms.catalog.db import Database
 from dawms.catalog.site_config import sync, validate
 from dawms.ddm_bridge.local import LocalDDM
 from factories import site_config
-from sqlalchemy import create_engine, text
 
 PG_ADMIN_URL = os.environ.get("DAWMS_TEST_PG_URL",
                               "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
@@ -84,3 +90,40 @@ def sites(db: Database, tmp_path: Path) -> list[str]:
         sync(s, validate(site_config(tmp_path / "storage", names)), actor="test",
              source="fixture")
     return names
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def server(db: Database, tmp_path: Path) -> Iterator[str]:
+    """A real `dawms server` process (with its scheduler) over ``db``; SITE_B is brokeroff."""
+    cfg = site_config(tmp_path / "storage", ["SITE_A", "SITE_B", "SITE_C"])
+    cfg["queue"][1]["status"] = "brokeroff"  # SITE_B's data must move to run
+    with db.session() as s:
+        sync(s, validate(cfg), actor="test", source="e2e")
+    port = _free_port()
+    env = {**os.environ, "DAWMS_DB_URL": db.url, "DAWMS_HEARTBEAT_S": "1",
+           "DAWMS_INTERVAL_S": "1", "DAWMS_TRANSFER_INTERVAL_S": "0.5",
+           "DAWMS_SENT_TIMEOUT_S": "20", "DAWMS_HEARTBEAT_TIMEOUT_S": "4"}
+    log = open(tmp_path / "server.log", "wb")  # noqa: SIM115 (closed after the yield)
+    proc = subprocess.Popen([sys.executable, "-m", "dawms", "server", "--port", str(port)],
+                            env=env, stdout=log, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while True:
+        assert proc.poll() is None, (tmp_path / "server.log").read_text()
+        try:
+            httpx.get(f"{url}/api/v1/ping", timeout=1).raise_for_status()
+            break
+        except httpx.HTTPError:
+            assert time.monotonic() < deadline, "server did not start"
+            time.sleep(0.2)
+    yield url
+    proc.terminate()
+    proc.wait(20)
+    log.close()

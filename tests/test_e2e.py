@@ -12,26 +12,22 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
-import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
-from factories import make_dataset, site_config
 from sqlalchemy import select
 
 from dawms.catalog.db import Database
 from dawms.catalog.models import File, Job, JobFile, Replica, StateHistory, StorageEndpoint
-from dawms.catalog.site_config import sync, validate
 from dawms.client import Client
 from dawms.ddm_bridge.checksum import url_checksum
 from dawms.ddm_bridge.local import LocalDDM
 from dawms.ddm_bridge.paths import lfn2pfn
 from dawms.pilot.factory.local import LocalFactory
+from factories import make_dataset
 
 pytestmark = pytest.mark.e2e
 
@@ -39,42 +35,6 @@ PAYLOAD = ("{python} -c \"import sys,time,zlib; a=int(sys.argv[1]); "
            "time.sleep({sleep} if a == 1 else 0); "
            "d=b''.join(open(p,'rb').read() for p in sys.argv[3:]); "
            "open(sys.argv[2],'w').write(str(zlib.adler32(d)))\" {{attempt}} {{output}} {{inputs}}")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture
-def server(db: Database, tmp_path: Path) -> Iterator[str]:
-    cfg = site_config(tmp_path / "storage", ["SITE_A", "SITE_B", "SITE_C"])
-    cfg["queue"][1]["status"] = "brokeroff"  # SITE_B's data must move to run
-    with db.session() as s:
-        sync(s, validate(cfg), actor="test", source="e2e")
-    port = _free_port()
-    env = {**os.environ, "DAWMS_DB_URL": db.url, "DAWMS_HEARTBEAT_S": "1",
-           "DAWMS_INTERVAL_S": "1", "DAWMS_TRANSFER_INTERVAL_S": "0.5",
-           "DAWMS_SENT_TIMEOUT_S": "20", "DAWMS_HEARTBEAT_TIMEOUT_S": "4"}
-    log = open(tmp_path / "server.log", "wb")
-    proc = subprocess.Popen([sys.executable, "-m", "dawms", "server", "--port", str(port)],
-                            env=env, stdout=log, stderr=subprocess.STDOUT,
-                            start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while True:
-        assert proc.poll() is None, (tmp_path / "server.log").read_text()
-        try:
-            httpx.get(f"{url}/api/v1/ping", timeout=1).raise_for_status()
-            break
-        except httpx.HTTPError:
-            assert time.monotonic() < deadline, "server did not start"
-            time.sleep(0.2)
-    yield url
-    proc.terminate()
-    proc.wait(20)
-    log.close()
 
 
 def _spec(sleep: int = 0) -> dict:

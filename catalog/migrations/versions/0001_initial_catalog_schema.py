@@ -1,15 +1,16 @@
 """initial catalog schema
 
 Revision ID: 0001
-Revises: 
+Revises: (none)
 Create Date: 2026-11-22 02:22:13.067169
 """
 
 from __future__ import annotations
 
-import dawms.catalog.models
 import sqlalchemy as sa
 from alembic import op
+
+import dawms.catalog.models
 
 revision = '0001'
 down_revision = None
