@@ -12,13 +12,13 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
+from functools import lru_cache
 from typing import Any
 
-from sqlalchemy import insert, literal_column, select, update
+from sqlalchemy import bindparam, insert, literal_column, select, update
 from sqlalchemy.orm import Session
 
 from . import events
-from .db import is_postgres
 from .models import DataRequest, Job, Replica, StateHistory, Task
 from .states import JOB_FINAL, Entity, JobState, allowed
 
@@ -146,6 +146,35 @@ def record_created(session: Session, entity: Entity, rows: Sequence[tuple[int, i
     _log(session, entity, rows, "", state, actor, reason, now or datetime.now(UTC))
 
 
+@lru_cache(maxsize=4)
+def _claim_statement(dialect: str) -> Any:
+    """The claim statement, built once per dialect (it is the dispatch hot path)."""
+    job = Job.__table__
+    inner = (select(job.c.id)
+             .where(job.c.queue_id == bindparam("claim_queue"),
+                    job.c.state == JobState.ACTIVATED.value)
+             .order_by(job.c.priority.desc(), job.c.id)
+             .limit(bindparam("claim_n")))
+    if dialect == "postgresql":
+        # A materialized CTE: the locking subquery runs exactly once (inside IN (...)
+        # PostgreSQL may re-run it and hand out more rows than asked for).
+        claim = inner.with_for_update(skip_locked=True).cte("claim").prefix_with("MATERIALIZED")
+        target = job.c.id == claim.c.id
+        token = literal_column("replace(gen_random_uuid()::text, '-', '')")
+    else:  # SQLite: BEGIN IMMEDIATE already makes us the only writer
+        target = job.c.id.in_(inner.scalar_subquery())
+        token = literal_column("lower(hex(randomblob(16)))")
+    return (update(job)
+            .where(target, job.c.state == JobState.ACTIVATED.value)
+            .values(state=JobState.SENT.value, lease_token=token,
+                    pilot_id=bindparam("claim_pilot"), state_changed_at=bindparam("claim_now"),
+                    heartbeat_at=bindparam("claim_now"))
+            .returning(job.c.id, job.c.attempt, job.c.lease_token, job.c.spec))
+
+
+_HISTORY = insert(StateHistory.__table__)
+
+
 def claim_jobs(session: Session, queue_id: int, n: int, pilot_id: str,
                now: datetime | None = None) -> list[tuple[int, int, str, dict[str, Any]]]:
     """Claim up to ``n`` activated jobs of a queue for a pilot, best priority first.
@@ -153,29 +182,20 @@ def claim_jobs(session: Session, queue_id: int, n: int, pilot_id: str,
     One round trip; on PostgreSQL concurrent claimers skip each other's locked
     rows instead of waiting or failing, so nobody is told "no jobs" while jobs
     remain. Returns ``(job_id, attempt, lease_token, spec)`` per claimed job.
+    Core statements built once: no ORM work on the dispatch path.
     """
     now = now or datetime.now(UTC)
-    pg = is_postgres(session)
-    inner = (select(Job.id)
-             .where(Job.queue_id == queue_id, Job.state == JobState.ACTIVATED.value)
-             .order_by(Job.priority.desc(), Job.id)
-             .limit(n))
-    if pg:
-        # A materialized CTE: the locking subquery runs exactly once (inside IN (...)
-        # PostgreSQL may re-run it and hand out more rows than asked for).
-        claim = inner.with_for_update(skip_locked=True).cte("claim").prefix_with("MATERIALIZED")
-        target = Job.id == claim.c.id
-        token = literal_column("replace(gen_random_uuid()::text, '-', '')")
-    else:  # SQLite: BEGIN IMMEDIATE already makes us the only writer
-        target = Job.id.in_(inner.scalar_subquery())
-        token = literal_column("lower(hex(randomblob(16)))")
-    stmt = (update(Job)
-            .where(target, Job.state == JobState.ACTIVATED.value)
-            .values(state=JobState.SENT.value, lease_token=token, pilot_id=pilot_id,
-                    state_changed_at=now, heartbeat_at=now)
-            .returning(Job.id, Job.attempt, Job.lease_token, Job.spec)
-            .execution_options(synchronize_session=False))
-    rows = [(r[0], r[1], r[2], r[3] or {}) for r in session.execute(stmt)]
-    _log(session, Entity.JOB, [(r[0], r[1]) for r in rows], JobState.ACTIVATED,
-         JobState.SENT, f"pilot:{pilot_id}", "claimed", now)
+    conn = session.connection()
+    stmt = _claim_statement(conn.dialect.name)
+    rows = [(r[0], r[1], r[2], r[3] or {}) for r in conn.execute(
+        stmt, {"claim_queue": queue_id, "claim_n": n, "claim_pilot": pilot_id, "claim_now": now})]
+    if rows:
+        actor = f"pilot:{pilot_id}"
+        conn.execute(_HISTORY, [
+            {"entity": Entity.JOB.value, "entity_id": r[0], "from_state": JobState.ACTIVATED.value,
+             "to_state": JobState.SENT.value, "attempt": r[1], "at": now, "actor": actor,
+             "reason": "claimed"} for r in rows])
+        events.queue(session, events.StateChanged(Entity.JOB.value, tuple(r[0] for r in rows),
+                                                  JobState.ACTIVATED.value,
+                                                  JobState.SENT.value, actor, "claimed"))
     return rows

@@ -10,7 +10,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from factories import make_dataset
 from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 
@@ -20,6 +19,7 @@ from dawms.ddm_bridge.local import LocalDDM
 from dawms.scheduler.config import SchedulerConfig
 from dawms.scheduler.runner import Scheduler
 from dawms.server.app import create_app
+from factories import make_dataset
 
 SPEC = {"name": "api", "transformation": "true {inputs} {output}",
         "input_datasets": ["api:raw"], "output_dataset": "api:out.{task_id}",
