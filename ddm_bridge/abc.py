@@ -12,8 +12,9 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from datetime import datetime
 
-from dawms.catalog.models import DataRequest, File, StorageEndpoint
 from sqlalchemy.orm import Session
+
+from dawms.catalog.models import DataRequest, File, StorageEndpoint
 
 
 class DDMError(Exception):

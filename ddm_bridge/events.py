@@ -12,12 +12,13 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from dawms.catalog.models import DataRequest, DDMEvent
-from dawms.catalog.states import Entity, RequestState
-from dawms.catalog.transition import transition_many
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
+
+from dawms.catalog.models import DataRequest, DDMEvent
+from dawms.catalog.states import Entity, RequestState
+from dawms.catalog.transition import transition_many
 
 OUTCOMES = {"done": RequestState.DONE, "failed": RequestState.FAILED,
             "cancelled": RequestState.CANCELLED}

@@ -15,6 +15,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import fsspec
+from sqlalchemy import func, insert, select
+from sqlalchemy.orm import Session
+
 from dawms.catalog.models import (
     DataRequest,
     DataRequestFile,
@@ -26,8 +29,6 @@ from dawms.catalog.models import (
 )
 from dawms.catalog.states import Entity, ReplicaState, RequestState
 from dawms.catalog.transition import record_created, transition_many
-from sqlalchemy import func, insert, select
-from sqlalchemy.orm import Session
 
 from .abc import DDM, FileInfo, RegistrationError, UnknownDataset, split_did
 from .checksum import stream_copy

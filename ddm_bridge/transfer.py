@@ -19,11 +19,12 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 import fsspec
+from sqlalchemy import or_, select, update
+
 from dawms.catalog.db import Database
 from dawms.catalog.models import DataRequest, DataRequestFile, File, Replica, StorageEndpoint
 from dawms.catalog.states import Entity, ReplicaState, RequestState
 from dawms.catalog.transition import transition_many
-from sqlalchemy import or_, select, update
 
 from .checksum import stream_copy, url_checksum
 from .events import apply_request_outcome

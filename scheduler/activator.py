@@ -12,12 +12,13 @@ from __future__ import annotations
 from collections import defaultdict
 from datetime import UTC, datetime
 
+from sqlalchemy import select, update
+
 from dawms.catalog.db import Database
 from dawms.catalog.models import DataRequest, Job, JobFile, Queue, StorageEndpoint
 from dawms.catalog.states import Entity, JobState, RequestState
 from dawms.catalog.transition import transition_many
 from dawms.ddm_bridge.abc import DDM
-from sqlalchemy import select, update
 
 from .config import SchedulerConfig
 from .dispatch import available_disk_replicas, build_specs

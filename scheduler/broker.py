@@ -24,6 +24,8 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
+from sqlalchemy import bindparam, func, select, update
+
 from dawms.catalog.db import Database
 from dawms.catalog.models import (
     DataRequest,
@@ -38,7 +40,6 @@ from dawms.catalog.models import (
 from dawms.catalog.states import Entity, JobState, RequestState, TaskState
 from dawms.catalog.transition import transition_many
 from dawms.ddm_bridge.abc import DDM
-from sqlalchemy import bindparam, func, select, update
 
 from .config import SchedulerConfig
 from .dispatch import available_disk_replicas, build_specs
@@ -143,6 +144,8 @@ def run_once(db: Database, ddm: DDM, cfg: SchedulerConfig,
             reasons = []
             for c in cands:
                 why = fits(c.queue, job)
+                if not why and not c.local_endpoints:
+                    why = "reads from no disk endpoint"
                 if not why and c.load.queued >= c.queue.max_queued:
                     why = f"{c.load.queued} queued >= max_queued {c.queue.max_queued}"
                 if not why and (c.load.activated + c.load.starting

@@ -11,11 +11,12 @@ from __future__ import annotations
 from collections import defaultdict
 from typing import Any
 
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
 from dawms.catalog.models import File, Job, JobFile, Queue, Replica, StorageEndpoint, Task
 from dawms.catalog.states import ReplicaState
 from dawms.ddm_bridge.abc import DDM
-from sqlalchemy import select
-from sqlalchemy.orm import Session
 
 from .naming import job_name
 

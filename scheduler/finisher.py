@@ -10,11 +10,12 @@ from __future__ import annotations
 from collections import defaultdict
 from datetime import UTC, datetime
 
+from sqlalchemy import select
+
 from dawms.catalog.db import Database
 from dawms.catalog.models import Job, Task
 from dawms.catalog.states import JOB_FINAL, JOB_WITH_PILOT, Entity, JobState, TaskState
 from dawms.catalog.transition import transition_many
-from sqlalchemy import select
 
 ACTOR = "scheduler:finisher"
 ACTIVE = [TaskState.DEFINED, TaskState.READY, TaskState.RUNNING]

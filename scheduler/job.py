@@ -13,12 +13,13 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
 from dawms.catalog.models import Job, JobFile, StorageEndpoint
 from dawms.catalog.states import JOB_FINAL, Entity, JobState
 from dawms.catalog.transition import StaleState, transition
 from dawms.ddm_bridge.abc import DDM, FileInfo, RegistrationError
-from sqlalchemy import select, update
-from sqlalchemy.orm import Session
 
 from .retry import retry_failed
 

@@ -5,12 +5,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import datetime
 
+from sqlalchemy import insert
+from sqlalchemy.orm import Session
+
 from dawms.catalog.models import File, Job, JobFile, Task
 from dawms.catalog.states import Entity, JobState
 from dawms.catalog.transition import record_created
 from dawms.ddm_bridge.abc import split_did
-from sqlalchemy import insert
-from sqlalchemy.orm import Session
 
 from .naming import log_lfn, output_lfn
 

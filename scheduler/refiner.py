@@ -10,12 +10,13 @@ from __future__ import annotations
 import logging
 from datetime import UTC, datetime
 
+from sqlalchemy import select
+
 from dawms.catalog.db import Database
 from dawms.catalog.models import File, Task
 from dawms.catalog.states import Entity, TaskState
 from dawms.catalog.transition import transition
 from dawms.ddm_bridge.abc import DDM, DDMError
-from sqlalchemy import select
 
 from .jobs import create_jobs
 from .split import split_files

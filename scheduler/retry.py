@@ -11,10 +11,11 @@ from __future__ import annotations
 from collections.abc import Iterable
 from datetime import datetime
 
-from dawms.catalog.models import File, Job, JobFile, Task
-from dawms.catalog.states import TASK_FINAL, JobState, TaskState
 from sqlalchemy import select
 from sqlalchemy.orm import Session
+
+from dawms.catalog.models import File, Job, JobFile, Task
+from dawms.catalog.states import TASK_FINAL, JobState, TaskState
 
 from .jobs import create_jobs
 

@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 
 from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.schedulers.background import BackgroundScheduler
+
 from dawms.catalog import events
 from dawms.catalog.db import Database
 from dawms.catalog.states import JOB_FINAL, Entity, JobState, RequestState, TaskState

@@ -28,11 +28,12 @@ import string
 from datetime import UTC, datetime
 from typing import Any
 
+from sqlalchemy.orm import Session
+
 from dawms.catalog.models import Task
 from dawms.catalog.states import Entity, TaskState
 from dawms.catalog.transition import record_created
 from dawms.ddm_bridge.abc import DDM, UnknownDataset, split_did
-from sqlalchemy.orm import Session
 
 PLACEHOLDERS = {"inputs", "output", "outputs", "job_id", "attempt"}
 _TOP = {"name", "owner", "transformation", "input_datasets", "output_dataset", "log_dataset",

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+from sqlalchemy import select
+
 from dawms.catalog.db import Database
 from dawms.catalog.models import Job
 from dawms.catalog.states import Entity, JobState
 from dawms.catalog.transition import transition_many
-from sqlalchemy import select
 
 from .config import SchedulerConfig
 from .retry import retry_failed

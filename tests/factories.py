@@ -5,10 +5,11 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
+from sqlalchemy import select
+
 from dawms.catalog.db import Database
 from dawms.catalog.models import StorageEndpoint
 from dawms.ddm_bridge.local import LocalDDM
-from sqlalchemy import select
 
 
 def site_config(root: Path, names: list[str], **queue: object) -> dict:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from sqlalchemy import func, select
+
 from dawms.catalog.db import Database
 from dawms.catalog.models import DataRequest, Job, JobFile, Queue, Replica, StateHistory, Task
 from dawms.ddm_bridge import transfer
@@ -12,7 +14,6 @@ from dawms.scheduler import activator, broker, refiner
 from dawms.scheduler.config import SchedulerConfig
 from dawms.scheduler.task import submit
 from factories import make_dataset
-from sqlalchemy import func, select
 
 SPEC = {"name": "flow", "transformation": "true {inputs}", "input_datasets": ["t:raw.A"],
         "output_dataset": "t:out.{task_id}", "split": {"files_per_job": 2}}
@@ -63,6 +64,7 @@ def test_jobs_go_to_the_data_then_replicate_when_it_is_busy(
 
 def test_unknown_dataset_breaks_nothing(db: Database, ddm: LocalDDM, sites: list[str]) -> None:
     import pytest
+
     from dawms.scheduler.task import TaskSpecError
 
     with db.session() as s, pytest.raises(TaskSpecError, match="t:nope is not known"):
