@@ -60,6 +60,8 @@ def queue(session: Session, ev: StateChanged) -> None:
 def install(factory: sessionmaker[Session]) -> None:
     @sa_event.listens_for(factory, "after_commit")
     def _after_commit(session: Session) -> None:
+        if session.in_nested_transaction():  # a savepoint released: not yet committed
+            return
         pending = session.info.pop(_KEY, [])
         with _lock:
             subs = list(_subscribers)
@@ -72,4 +74,6 @@ def install(factory: sessionmaker[Session]) -> None:
 
     @sa_event.listens_for(factory, "after_rollback")
     def _after_rollback(session: Session) -> None:
+        if session.in_nested_transaction():  # only a savepoint: the outer events stand
+            return
         session.info.pop(_KEY, None)

@@ -49,6 +49,9 @@ _QUEUE_KEYS = {
     "write_endpoint": str, "movers": dict, "direct_access": bool,
 }
 
+_POSITIVE = {"cores", "memory_mb", "max_walltime_s", "max_disk_mb", "max_running", "max_queued",
+             "quota_bytes"}
+
 
 class ConfigError(ValueError):
     """The site file is invalid; nothing was applied."""
@@ -85,6 +88,12 @@ def validate(raw: dict[str, Any], where: str = "config") -> dict[str, list[dict[
     for kind, keys in (("site", _SITE_KEYS), ("endpoint", _ENDPOINT_KEYS),
                        ("queue", _QUEUE_KEYS)):
         items = raw.get(kind, [])
+        if not isinstance(items, list):
+            errors.append(f"{kind} must be an array of tables ([[{kind}]]), not a single table")
+            items = []
+        if bad := [i for i, item in enumerate(items) if not isinstance(item, dict)]:
+            errors.append(f"{kind} entries {bad} are not tables")
+            items = [item for item in items if isinstance(item, dict)]
         seen: set[str] = set()
         for i, item in enumerate(items):
             label = f"{kind}[{i}] {item.get('name', '?')}"
@@ -96,11 +105,15 @@ def validate(raw: dict[str, Any], where: str = "config") -> dict[str, list[dict[
             for key, value in item.items():
                 if key not in keys:
                     errors.append(f"{label}: unknown key {key!r}")
-                elif not isinstance(value, keys[key]):
+                elif not isinstance(value, keys[key]) or (
+                        keys[key] is int and isinstance(value, bool)):
                     errors.append(f"{label}: {key} must be {keys[key].__name__}")
+                elif key in _POSITIVE and value <= 0:
+                    errors.append(f"{label}: {key} must be positive")
         out[kind] = items
     sites = {s.get("name") for s in out["site"]}
     endpoints = {e.get("name") for e in out["endpoint"]}
+    kinds = {e.get("name"): e.get("kind", "disk") for e in out["endpoint"]}
     for e in out["endpoint"]:
         if e.get("site") not in sites:
             errors.append(f"endpoint {e.get('name')}: unknown site {e.get('site')!r}")
@@ -121,6 +134,9 @@ def validate(raw: dict[str, Any], where: str = "config") -> dict[str, list[dict[
                 errors.append(f"queue {name}: unknown endpoint {ep!r}")
         if not q.get("read_endpoints") or not q.get("write_endpoint"):
             errors.append(f"queue {name}: needs read_endpoints and write_endpoint")
+        elif not any(kinds.get(ep) == "disk" for ep in q["read_endpoints"]):
+            errors.append(f"queue {name}: read_endpoints need a disk endpoint (jobs read "
+                          "from disk; tape is staged to disk first)")
     if errors:
         raise ConfigError(f"{where}: " + "; ".join(errors))
     return out

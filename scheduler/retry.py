@@ -15,7 +15,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from dawms.catalog.models import File, Job, JobFile, Task
-from dawms.catalog.states import TASK_FINAL, JobState, TaskState
+from dawms.catalog.states import TASK_FINAL, JobState
 
 from .jobs import create_jobs
 
@@ -36,7 +36,7 @@ def retry_failed(session: Session, job_ids: Iterable[int], now: datetime) -> lis
     successors = set(session.scalars(select(Job.retry_of).where(Job.retry_of.in_(ids))))
     new_ids: list[int] = []
     for task_id, task in tasks.items():
-        if task.state in TASK_FINAL or task.state == TaskState.PAUSED:
+        if task.state in TASK_FINAL:
             continue
         pieces = []
         for job in (j for j in jobs if j.task_id == task_id):

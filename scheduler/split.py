@@ -23,6 +23,8 @@ def split_files(files: Sequence[F], rule: dict[str, Any]) -> list[list[F]]:
     max_bytes = int(float(rule["gb_per_job"]) * 1e9) if rule.get("gb_per_job") else None
     if max_files is None and max_bytes is None:
         raise ValueError("a split rule needs files_per_job or gb_per_job")
+    if (max_files is not None and max_files < 1) or (max_bytes is not None and max_bytes <= 0):
+        raise ValueError(f"split rule {rule} must be positive")
     chunks: list[list[F]] = []
     current: list[F] = []
     current_bytes = 0
