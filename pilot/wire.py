@@ -36,6 +36,15 @@ update_job (POST) request, for a heartbeat or the final report::
 
 reply data: ``{"command": null}`` or ``{"command": "tobekilled"}``. A stale
 ``(job_id, attempt, lease_token)`` gets HTTP 409 and changes nothing.
+A heartbeat repeats the job's current state (``starting`` while the pilot
+stages in, ``running`` after) with fresh metrics; the server takes an update to
+the state the job is already in as a heartbeat.
+
+update_jobs_bulk (POST) request: ``{"updates": [update_job request, ...]}`` (at
+most 1000); reply data, a list with one result per update in the same order::
+
+    [{"job_id": 12, "success": true, "command": null},
+     {"job_id": 13, "success": false, "message": "...", "stale": true}]
 """
 
 from __future__ import annotations

@@ -1,0 +1,26 @@
+"""Pilot factories by name: ``local`` built in; Slurm, HTCondor, Kubernetes to come.
+
+``get_factory("local")`` returns a ``PilotFactory``. Backends are imported on
+first use; third parties register through the ``dawms.pilot_factories``
+entry-point group (name = backend, value = ``module:Class``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from dawms.pilot.factory.base import PilotFactory, PilotHandle, PilotStatus, pilot_argv
+from dawms.pilot.plugins import Entry, PluginRegistry
+
+__all__ = ["PilotFactory", "PilotHandle", "PilotStatus", "get_factory", "pilot_argv", "registry"]
+
+ENTRY_POINT_GROUP = "dawms.pilot_factories"
+
+registry: PluginRegistry[PilotFactory] = PluginRegistry(
+    "pilot factory", ENTRY_POINT_GROUP, PilotFactory,
+    {"local": Entry("dawms.pilot.factory.local:LocalFactory")})
+
+
+def get_factory(name: str, **settings: Any) -> PilotFactory:
+    """An instance of the factory registered as ``name`` (``LookupError`` if none)."""
+    return registry.load(name)(**settings)

@@ -1,0 +1,273 @@
+"""Run one job from its description to its final report.
+
+The sequence is PanDA's: report ``starting``, stage in, report ``running``, run
+the payload under a heartbeat, stage out the outputs, pack and stage out the
+log (also when the job failed), report ``finished`` with the outputs or
+``failed`` with an error category from ``wire.ERROR_CATEGORIES``. A 409 at any
+point means the attempt is no longer ours: kill the payload, report nothing
+more, and leave.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import logging
+import os
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from dawms.pilot import wire
+from dawms.pilot.client import ClientError, JobRef, PilotClient, StaleJob
+from dawms.pilot.heartbeat import Heartbeat
+from dawms.pilot.log import PILOT_LOG_NAME, make_log_tarball, write_job_spec
+from dawms.pilot.payload import STDERR_NAME, Payload, PayloadError, PayloadResult, build_command
+from dawms.pilot.stagein import StageInError, stage_in
+from dawms.pilot.stageout import StageOutError, stage_out_log, stage_out_outputs
+
+log = logging.getLogger(__name__)
+_PACKAGE_LOGGER = "dawms.pilot"
+_DIAG_MAX = 1000
+
+
+class Outcome(enum.StrEnum):
+    FINISHED = "finished"  # reported finished
+    FAILED = "failed"  # reported failed
+    ABANDONED = "abandoned"  # the server said 409: the attempt is not ours any more
+    LOST = "lost"  # the server stayed unreachable or refused; no final report made it
+
+
+@dataclass(frozen=True)
+class JobResult:
+    outcome: Outcome
+    error_category: str = ""
+    error_diag: str = ""
+    exit_code: int | None = None
+    outputs: list[dict[str, Any]] = field(default_factory=list)
+
+
+class _Failure(Exception):
+    def __init__(self, category: str, diag: str) -> None:
+        super().__init__(diag)
+        self.category = category
+        self.diag = diag
+
+
+class JobRunner:
+    """Runs one job in ``workdir``; ``abort`` may be called from another thread
+    or a signal handler (for instance when the batch system stops the pilot)."""
+
+    def __init__(
+        self, client: PilotClient, spec: dict[str, Any], workdir: Path, *,
+        kill_grace_s: float = 10.0,
+    ) -> None:
+        self.client = client
+        self.spec = spec
+        self.workdir = Path(workdir)
+        self.ref = JobRef.of(spec)
+        self.kill_grace_s = kill_grace_s
+        self.metrics: dict[str, float | int] = {"bytes_in": 0, "bytes_out": 0}
+        self.exit_code: int | None = None  # the payload's, once it ended
+        self._abort: tuple[str, str] | None = None
+        self._payload: Payload | None = None
+        self._report_lock = threading.Lock()  # reports and heartbeats go out one at a time
+
+    def abort(self, category: str, diag: str) -> None:
+        """Stop the job: kill the payload if it runs; the job will report failed."""
+        if self._abort is None:
+            self._abort = (category, diag)
+        if self._payload is not None:
+            self._payload.kill(diag)
+
+    def run(self) -> JobResult:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        with _job_log_file(self.workdir / PILOT_LOG_NAME):
+            log.info("job %d attempt %d (%s) in %s", self.ref.job_id, self.ref.attempt,
+                     self.spec.get("job_name", ""), self.workdir)
+            try:
+                return self._run()
+            except StaleJob as exc:
+                if self._payload is not None:
+                    self._payload.kill("the attempt is stale")
+                log.warning("job %d attempt %d is stale, abandoning it: %s",
+                            self.ref.job_id, self.ref.attempt, exc)
+                return JobResult(Outcome.ABANDONED, error_diag=str(exc))
+            except ClientError as exc:  # ServerUnavailable, or a refused report
+                log.error("job %d attempt %d: could not report to the server: %s",
+                          self.ref.job_id, self.ref.attempt, exc)
+                return JobResult(Outcome.LOST, error_diag=str(exc))
+
+    def _run(self) -> JobResult:
+        write_job_spec(self.spec, self.workdir)
+        heartbeat = Heartbeat(self.client, self.ref, float(self.spec.get("heartbeat_s") or 60),
+                              metrics=self._current_metrics, kill=self.abort, state="starting",
+                              lock=self._report_lock)
+        if self._report("starting") == wire.COMMAND_KILL:
+            self.abort("killed", "killed on the server's command")
+        failure: _Failure | None = None
+        outputs: list[dict[str, Any]] = []
+        try:
+            heartbeat.start()
+            try:
+                outputs = self._work(heartbeat)
+            finally:
+                heartbeat.stop()
+            if heartbeat.stale:
+                raise StaleJob("a heartbeat was refused with 409")
+            self._raise_if_aborted()
+        except _Failure as exc:
+            failure = exc
+        except (StageInError, PayloadError) as exc:
+            failure = _Failure("stagein" if isinstance(exc, StageInError) else "payload", str(exc))
+        except StageOutError as exc:
+            failure = _Failure("stageout", str(exc))
+        except ClientError:  # StaleJob, ServerUnavailable: handled by run()
+            raise
+        except Exception as exc:
+            log.exception("pilot error in job %d", self.ref.job_id)
+            failure = _Failure("pilot", f"{type(exc).__name__}: {exc}")
+        if failure is not None:
+            log.error("job %d failed (%s): %s", self.ref.job_id, failure.category, failure.diag)
+            outputs = []  # outputs of a failed job are not registered
+        failure = self._stage_out_log(outputs, failure)
+        if failure is None:
+            self._report("finished", exit_code=self.exit_code, outputs=outputs)
+            return JobResult(Outcome.FINISHED, exit_code=self.exit_code, outputs=outputs)
+        diag = failure.diag[:_DIAG_MAX]
+        self._report("failed", exit_code=self.exit_code, error_category=failure.category,
+                     error_diag=diag, outputs=outputs)
+        return JobResult(Outcome.FAILED, failure.category, diag, self.exit_code, outputs)
+
+    def _work(self, heartbeat: Heartbeat) -> list[dict[str, Any]]:
+        """Stage in, run, stage out; return the outputs' report entries."""
+        _check_names(self.spec)
+        staged = stage_in(self.spec, self.workdir, should_stop=lambda: self._abort is not None)
+        self.metrics["bytes_in"] = sum(f.size for f in staged)
+        self._raise_if_aborted()
+        heartbeat.state = "running"  # before the report, so no 'starting' beat follows it
+        if self._report("running") == wire.COMMAND_KILL:
+            self.abort("killed", "killed on the server's command")
+        self._raise_if_aborted()
+        result = self._run_payload([f.lfn for f in staged])
+        self.exit_code = result.exit_code
+        self.metrics.update(result.metrics())
+        if heartbeat.stale:
+            raise StaleJob("a heartbeat was refused with 409")
+        self._raise_if_aborted()
+        if result.timed_out:
+            raise _Failure("timeout", f"{result.kill_reason}; {_tail(self.workdir / STDERR_NAME)}")
+        if result.exit_code != 0:
+            raise _Failure("payload", f"exit code {result.exit_code}: "
+                                      f"{_tail(self.workdir / STDERR_NAME)}")
+        missing = [o["lfn"] for o in self.spec.get("outputs") or []
+                   if not (self.workdir / o["lfn"]).is_file()]
+        if missing:
+            raise _Failure("payload", f"exit code 0 but outputs missing: {', '.join(missing)}")
+        outputs = stage_out_outputs(self.spec, self.workdir)
+        self.metrics["bytes_out"] = sum(o["size"] for o in outputs)
+        return outputs
+
+    def _run_payload(self, inputs: list[str]) -> PayloadResult:
+        spec = self.spec
+        argv = build_command(spec["transformation"], inputs=inputs,
+                             outputs=[o["lfn"] for o in spec.get("outputs") or []],
+                             job_id=self.ref.job_id, attempt=self.ref.attempt)
+        env = dict(os.environ)
+        env.update({"DAWMS_JOB_ID": str(self.ref.job_id), "DAWMS_ATTEMPT": str(self.ref.attempt),
+                    "DAWMS_CORES": str(spec.get("cores") or 1),
+                    "DAWMS_WORKDIR": str(self.workdir)})
+        payload = Payload(argv, self.workdir, walltime_s=spec.get("walltime_s"), env=env,
+                          kill_grace_s=self.kill_grace_s)
+        self._payload = payload
+        if self._abort is not None:  # abort() came before the payload object existed
+            payload.kill(self._abort[1])
+        payload.start()
+        try:
+            return payload.wait()
+        finally:
+            self._payload = None
+
+    def _stage_out_log(
+        self, outputs: list[dict[str, Any]], failure: _Failure | None
+    ) -> _Failure | None:
+        if not self.spec.get("log"):
+            return failure
+        if not _plain_name(self.spec["log"]["lfn"]):
+            return failure or _Failure("pilot", "the log file name is not a plain name")
+        try:
+            tarball = make_log_tarball(self.workdir, self.spec["log"]["lfn"])
+            entry = stage_out_log(self.spec, tarball)
+        except (StageOutError, OSError) as exc:
+            log.error("log of job %d not staged out: %s", self.ref.job_id, exc)
+            if failure is None:
+                return _Failure("stageout", f"log: {exc}")
+            return _Failure(failure.category, f"{failure.diag}; log not staged out: {exc}")
+        outputs.append(entry)
+        self.metrics["bytes_out"] = int(self.metrics["bytes_out"]) + entry["size"]
+        return failure
+
+    def _raise_if_aborted(self) -> None:
+        if self._abort is not None:
+            raise _Failure(*self._abort)
+
+    def _current_metrics(self) -> dict[str, float | int]:
+        payload = self._payload
+        return {**self.metrics, **(payload.metrics() if payload else {})}
+
+    def _report(self, state: str, **fields: Any) -> str | None:
+        with self._report_lock:
+            command = self.client.update_job(self.ref, state, metrics=self._current_metrics(),
+                                             **fields)
+        log.info("reported job %d attempt %d %s", self.ref.job_id, self.ref.attempt, state)
+        return command
+
+
+def run_job(
+    client: PilotClient, spec: dict[str, Any], workdir: Path, *, kill_grace_s: float = 10.0
+) -> JobResult:
+    """Run one job (a wire.py JobSpec) in ``workdir`` and report it."""
+    return JobRunner(client, spec, workdir, kill_grace_s=kill_grace_s).run()
+
+
+def _check_names(spec: dict[str, Any]) -> None:
+    names = [f["lfn"] for key in ("inputs", "outputs") for f in spec.get(key) or []]
+    if spec.get("log"):
+        names.append(spec["log"]["lfn"])
+    bad = [n for n in names if not _plain_name(n)]
+    if bad:
+        raise _Failure("pilot", f"file names must be plain names: {bad}")
+
+
+def _plain_name(name: str) -> bool:
+    """A file name that stays inside the work dir."""
+    return bool(name) and os.path.basename(name) == name and name not in (".", "..")
+
+
+def _tail(path: Path, limit: int = 400) -> str:
+    try:
+        text = path.read_bytes()[-limit:].decode(errors="replace").strip()
+    except OSError:
+        return ""
+    return f"stderr: ...{text}" if text else "no stderr"
+
+
+@contextlib.contextmanager
+def _job_log_file(path: Path) -> Iterator[None]:
+    """Copy the pilot's log records to the job's ``pilot.log`` while it runs."""
+    handler = logging.FileHandler(path)
+    handler.setLevel(logging.INFO)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logger = logging.getLogger(_PACKAGE_LOGGER)
+    level = logger.level
+    logger.addHandler(handler)
+    if logger.getEffectiveLevel() > logging.INFO:
+        logger.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+        handler.close()

@@ -1,0 +1,182 @@
+"""The ``dawms-pilot`` command: pull jobs for one queue and run them until idle.
+
+A pilot asks the server for one job at a time, runs it in
+``<workdir>/<job_id>.<attempt>/`` (removed after success, kept after failure
+for inspection), and asks again. When no job comes it polls every
+``--poll-interval`` seconds; while the server says jobs of the queue are
+pending (waiting for data) it keeps waiting, and once there has been neither a
+job nor a pending one for ``--idle-timeout`` seconds it exits 0. SIGTERM or
+SIGINT kill the running payload, report the job failed (``killed``) and exit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import os
+import shutil
+import signal
+import socket
+import sys
+import threading
+import time
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from types import FrameType
+
+from dawms.pilot.client import DEFAULT_GIVE_UP_S, ClientError, PilotClient
+from dawms.pilot.job import JobRunner, Outcome
+
+log = logging.getLogger("dawms.pilot.main")
+
+TOKEN_ENV = "DAWMS_PILOT_TOKEN"  # read once and removed, so payloads never see it
+
+
+def default_pilot_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+class Pilot:
+    """The acquire-run loop of one pilot process."""
+
+    def __init__(
+        self,
+        client: PilotClient,
+        queue: str,
+        workdir: Path,
+        *,
+        pilot_id: str | None = None,
+        max_jobs: int = 0,
+        idle_timeout_s: float = 60.0,
+        poll_interval_s: float = 2.0,
+        lifetime_s: float = 0.0,
+        kill_grace_s: float = 10.0,
+    ) -> None:
+        self.client = client
+        self.queue = queue
+        self.workdir = Path(workdir)
+        self.pilot_id = pilot_id or default_pilot_id()
+        self.max_jobs = max_jobs
+        self.idle_timeout_s = idle_timeout_s
+        self.poll_interval_s = poll_interval_s
+        self.lifetime_s = lifetime_s
+        self.kill_grace_s = kill_grace_s
+        self.outcomes: Counter[str] = Counter()
+        self.stop_reason: str | None = None
+        self._stop = threading.Event()
+        self._runner: JobRunner | None = None
+
+    def stop(self, reason: str) -> None:
+        """Finish now: abort the running job (reported failed) and leave the loop."""
+        self.stop_reason = reason
+        self._stop.set()
+        runner = self._runner
+        if runner is not None:
+            runner.abort("killed", reason)
+
+    def run(self) -> int:
+        """Loop until idle, ``max_jobs`` done, lifetime over or stopped; return an exit code."""
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        log.info("pilot %s for queue %s in %s", self.pilot_id, self.queue, self.workdir)
+        started = last_work = time.monotonic()
+        while not self._stop.is_set():
+            jobs_done = sum(self.outcomes.values())
+            if self.max_jobs and jobs_done >= self.max_jobs:
+                log.info("ran %d jobs, the maximum", jobs_done)
+                break
+            if self.lifetime_s and time.monotonic() - started > self.lifetime_s:
+                log.info("lifetime of %g s reached", self.lifetime_s)
+                break
+            try:
+                acquired = self.client.acquire_jobs(self.queue, self.pilot_id, 1)
+            except ClientError as exc:
+                log.error("cannot get jobs: %s", exc)
+                return 2
+            if acquired.jobs:
+                for spec in acquired.jobs:
+                    self._run_one(spec)
+                last_work = time.monotonic()
+                continue
+            now = time.monotonic()
+            if acquired.pending > 0:
+                last_work = now
+            elif now - last_work >= self.idle_timeout_s:
+                log.info("no work for %g s, exiting", self.idle_timeout_s)
+                break
+            self._stop.wait(self.poll_interval_s)
+        log.info("pilot done: %s", dict(self.outcomes) or "no jobs")
+        return 1 if self.stop_reason else 0
+
+    def _run_one(self, spec: dict) -> None:
+        jobdir = self.workdir / f"{spec['job_id']}.{spec['attempt']}"
+        runner = JobRunner(self.client, spec, jobdir, kill_grace_s=self.kill_grace_s)
+        self._runner = runner
+        if self._stop.is_set():
+            runner.abort("killed", self.stop_reason or "pilot stopping")
+        try:
+            result = runner.run()
+        finally:
+            self._runner = None
+        self.outcomes[result.outcome] += 1
+        log.info("job %s attempt %s: %s %s", spec["job_id"], spec["attempt"], result.outcome,
+                 f"({result.error_category}: {result.error_diag})" if result.error_category
+                 else "")
+        if result.outcome is Outcome.FINISHED:
+            shutil.rmtree(jobdir, ignore_errors=True)
+        else:
+            log.info("keeping %s for inspection", jobdir)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="dawms-pilot", description=__doc__.split("\n\n")[0])
+    p.add_argument("--server", required=True, help="server base URL, e.g. http://host:8080")
+    p.add_argument("--queue", required=True, help="the queue (PanDA resource) to pull jobs for")
+    p.add_argument("--workdir", type=Path, default=Path.cwd(), help="where job dirs go")
+    p.add_argument("--max-jobs", type=int, default=0, help="stop after N jobs (0: no limit)")
+    p.add_argument("--idle-timeout", type=float, default=60.0,
+                   help="exit after S seconds with no job and none pending (default 60)")
+    p.add_argument("--poll-interval", type=float, default=2.0,
+                   help="seconds between asks when no job came (default 2)")
+    p.add_argument("--pilot-id", default=None, help="default: host:pid:random")
+    p.add_argument("--lifetime", type=float, default=0.0,
+                   help="take no new job after S seconds (0: no limit)")
+    p.add_argument("--give-up-after", type=float, default=DEFAULT_GIVE_UP_S,
+                   help="seconds to keep retrying an unreachable server (default 3 h)")
+    p.add_argument("--kill-grace", type=float, default=10.0,
+                   help="seconds between SIGTERM and SIGKILL for a payload (default 10)")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(stream=sys.stderr, level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s [%(name)s] %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    token = os.environ.pop(TOKEN_ENV, None)
+    with PilotClient(args.server, give_up_after_s=args.give_up_after, token=token) as client:
+        pilot = Pilot(client, args.queue, args.workdir, pilot_id=args.pilot_id,
+                      max_jobs=args.max_jobs, idle_timeout_s=args.idle_timeout,
+                      poll_interval_s=args.poll_interval, lifetime_s=args.lifetime,
+                      kill_grace_s=args.kill_grace)
+        with _stop_on_signals(pilot):
+            return pilot.run()
+
+
+@contextlib.contextmanager
+def _stop_on_signals(pilot: Pilot) -> Iterator[None]:
+    """Route SIGTERM/SIGINT to ``pilot.stop`` (only possible in the main thread)."""
+    def handle(signum: int, frame: FrameType | None) -> None:
+        pilot.stop(f"pilot received {signal.Signals(signum).name}")
+
+    previous = {}
+    if threading.current_thread() is threading.main_thread():
+        previous = {sig: signal.signal(sig, handle) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

@@ -1,0 +1,261 @@
+"""Run a job's payload: the transformation, as a subprocess, under limits.
+
+The command template's placeholders (``{inputs}``, ``{output}``, ``{outputs}``,
+``{job_id}``, ``{attempt}``) are replaced with shell-quoted values and the
+result is split with ``shlex`` and run without a shell, in its own session so
+the whole process tree can be killed: at the walltime limit, on a server
+command, or when the pilot itself is told to stop. stdout and stderr go to
+files in the work dir for the log tarball. On Linux the payload also gets
+SIGKILL if the pilot dies abruptly (``PR_SET_PDEATHSIG``), so a killed pilot
+leaves no payload behind. CPU time and max RSS come from
+``wait4`` (the payload and its reaped descendants) and, while it runs, from
+``/proc`` samples of its process group (Linux; elsewhere they read 0).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import ctypes.util
+import logging
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+STDOUT_NAME = "payload.stdout"
+STDERR_NAME = "payload.stderr"
+_PAGE_KB = os.sysconf("SC_PAGE_SIZE") // 1024 if hasattr(os, "sysconf") else 4
+_CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _load_prctl() -> Callable[..., int] | None:
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+
+
+_prctl = _load_prctl()  # loaded here: nothing may be loaded between fork and exec
+
+
+def _die_with_parent(parent_pid: int) -> Callable[[], None] | None:
+    """A preexec_fn that has the kernel SIGKILL the payload when the pilot dies."""
+    if _prctl is None:
+        return None
+    prctl = _prctl
+
+    def arm() -> None:
+        prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+        if os.getppid() != parent_pid:  # the pilot died before the line above
+            os._exit(137)
+
+    return arm
+
+
+class PayloadError(Exception):
+    """The payload could not be started (bad template, missing executable)."""
+
+
+def build_command(
+    template: str,
+    *,
+    inputs: Sequence[str],
+    outputs: Sequence[str],
+    job_id: int | str,
+    attempt: int | str,
+) -> list[str]:
+    """Substitute the placeholders of ``template`` and split it into argv."""
+    values = {
+        "{inputs}": " ".join(shlex.quote(name) for name in inputs),
+        "{outputs}": " ".join(shlex.quote(name) for name in outputs),
+        "{output}": shlex.quote(outputs[0]) if outputs else "",
+        "{job_id}": shlex.quote(str(job_id)),
+        "{attempt}": shlex.quote(str(attempt)),
+    }
+    command = template
+    for placeholder, value in values.items():
+        command = command.replace(placeholder, value)
+    try:
+        argv = shlex.split(command)
+    except ValueError as exc:
+        raise PayloadError(f"cannot parse the transformation {template!r}: {exc}") from exc
+    if not argv:
+        raise PayloadError(f"the transformation {template!r} is empty")
+    return argv
+
+
+@dataclass(frozen=True)
+class PayloadResult:
+    """How the payload ended. ``exit_code`` is negative for a signal (as subprocess)."""
+
+    exit_code: int
+    wall_s: float
+    cpu_s: float
+    max_rss_kb: int
+    timed_out: bool
+    kill_reason: str | None
+
+    def metrics(self) -> dict[str, float | int]:
+        return {"cpu_s": round(self.cpu_s, 3), "wall_s": round(self.wall_s, 3),
+                "max_rss_kb": self.max_rss_kb}
+
+
+class Payload:
+    """One payload process; ``kill`` may be called from any thread."""
+
+    def __init__(
+        self,
+        argv: Sequence[str],
+        workdir: Path,
+        *,
+        walltime_s: float | None = None,
+        env: Mapping[str, str] | None = None,
+        kill_grace_s: float = 10.0,
+        sample_every_s: float = 2.0,
+    ) -> None:
+        self.argv = list(argv)
+        self.workdir = Path(workdir)
+        self.walltime_s = walltime_s or None
+        self.env = dict(os.environ if env is None else env)
+        self.kill_grace_s = kill_grace_s
+        self.sample_every_s = sample_every_s  # how often /proc is read for live metrics
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._started = 0.0
+        self._lock = threading.RLock()  # kill() may run in a signal handler
+        self._kill_reason: str | None = None
+        self._killed_at: float | None = None
+        self._sampled_cpu_s = 0.0
+        self._sampled_rss_kb = 0
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc else None
+
+    def start(self) -> None:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        with open(self.workdir / STDOUT_NAME, "wb") as out, \
+                open(self.workdir / STDERR_NAME, "wb") as err:
+            try:
+                self._proc = subprocess.Popen(
+                    self.argv, cwd=self.workdir, env=self.env, stdin=subprocess.DEVNULL,
+                    stdout=out, stderr=err, start_new_session=True,
+                    preexec_fn=_die_with_parent(os.getpid()))
+            except OSError as exc:
+                raise PayloadError(f"cannot start {self.argv[0]!r}: {exc}") from exc
+        self._started = time.monotonic()
+        log.info("payload started, pid %d: %s", self._proc.pid, shlex.join(self.argv))
+
+    def kill(self, reason: str) -> None:
+        """Ask the payload to stop (SIGTERM to its group, SIGKILL after the grace)."""
+        with self._lock:
+            if self._kill_reason is None:
+                self._kill_reason = reason
+            if self._proc is None or self._killed_at is not None:
+                return  # not started yet (wait() will kill it) or already being killed
+            self._killed_at = time.monotonic()
+            pid = self._proc.pid
+        log.warning("killing payload pid %d: %s", pid, self._kill_reason)
+        _signal_group(pid, signal.SIGTERM)
+
+    def metrics(self) -> dict[str, float | int]:
+        """Metrics so far, for heartbeats."""
+        wall = time.monotonic() - self._started if self._started else 0.0
+        return {"cpu_s": round(self._sampled_cpu_s, 3), "wall_s": round(wall, 3),
+                "max_rss_kb": self._sampled_rss_kb}
+
+    def wait(self) -> PayloadResult:
+        """Wait for the end, enforcing the walltime; reap the whole process group."""
+        if self._proc is None:
+            raise PayloadError("the payload was not started")
+        pid = self._proc.pid
+        if self._kill_reason is not None and self._killed_at is None:
+            self.kill(self._kill_reason)
+        timed_out = False
+        next_sample = 0.0
+        pause = 0.02
+        while True:
+            reaped, status, usage = os.wait4(pid, os.WNOHANG)
+            if reaped:
+                break
+            now = time.monotonic()
+            if (self.walltime_s and not timed_out and self._kill_reason is None
+                    and now - self._started > self.walltime_s):
+                timed_out = True
+                self.kill(f"walltime of {self.walltime_s:g} s exceeded")
+            if self._killed_at is not None and now - self._killed_at > self.kill_grace_s:
+                _signal_group(pid, signal.SIGKILL)
+            if now >= next_sample:
+                self._sample(pid)
+                next_sample = now + self.sample_every_s
+            time.sleep(pause)
+            pause = min(pause * 2, 0.25)
+        # Tell Popen the child is reaped, or it would later report exit code 0.
+        exit_code = os.waitstatus_to_exitcode(status)
+        self._proc.returncode = exit_code
+        wall = time.monotonic() - self._started
+        _signal_group(pid, signal.SIGKILL)  # leftovers the payload left running
+        cpu = usage.ru_utime + usage.ru_stime
+        result = PayloadResult(
+            exit_code=exit_code, wall_s=wall, cpu_s=max(cpu, self._sampled_cpu_s),
+            max_rss_kb=max(int(usage.ru_maxrss), self._sampled_rss_kb),
+            timed_out=timed_out, kill_reason=self._kill_reason)
+        log.info("payload pid %d ended: exit %d, wall %.1f s, cpu %.1f s, max rss %d kB",
+                 pid, exit_code, result.wall_s, result.cpu_s, result.max_rss_kb)
+        return result
+
+    def _sample(self, pgid: int) -> None:
+        cpu_ticks, rss_pages = _group_usage(pgid)
+        self._sampled_cpu_s = max(self._sampled_cpu_s, cpu_ticks / _CLK_TCK)
+        self._sampled_rss_kb = max(self._sampled_rss_kb, rss_pages * _PAGE_KB)
+
+
+def run_payload(
+    argv: Sequence[str], workdir: Path, *, walltime_s: float | None = None,
+    env: Mapping[str, str] | None = None, kill_grace_s: float = 10.0,
+) -> PayloadResult:
+    """Start a payload and wait for it."""
+    payload = Payload(argv, workdir, walltime_s=walltime_s, env=env, kill_grace_s=kill_grace_s)
+    payload.start()
+    return payload.wait()
+
+
+def _signal_group(pgid: int, sig: signal.Signals) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, sig)
+
+
+def _group_usage(pgid: int) -> tuple[int, int]:
+    """(utime+stime ticks, resident pages) summed over live processes of a group."""
+    ticks = pages = 0
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return 0, 0
+    for entry in entries:
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        fields = stat[stat.rfind(b")") + 2:].split()
+        # fields[0] is the state; pgrp, utime, stime, rss are stat fields 5, 14, 15, 24.
+        if len(fields) > 21 and int(fields[2]) == pgid:
+            ticks += int(fields[11]) + int(fields[12])
+            pages += int(fields[21])
+    return ticks, pages
