@@ -9,7 +9,7 @@ PIP := $(BIN)/pip -q --disable-pip-version-check
 # The venv with every extra; deps are reinstalled only when pyproject.toml changes,
 # the strict editable link tree (new modules) is refreshed every time (a second).
 venv: $(VENV)/.deps
-	$(PIP) install --no-deps --no-build-isolation -e . --config-settings editable_mode=strict
+	$(PIP) install --no-deps -e . --config-settings editable_mode=strict
 
 $(VENV)/.deps: pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)

@@ -288,3 +288,12 @@ class DDMEvent(Base):
     kind: Mapped[str] = mapped_column(String(32))
     payload: Mapped[dict[str, Any]] = mapped_column(default=dict)
     received_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class DaemonLock(Base):
+    """Which scheduler instance runs a daemon now: a lease, renewed on every run."""
+
+    __tablename__ = "daemon_lock"
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    holder: Mapped[str] = mapped_column(String(255))
+    acquired_until: Mapped[datetime] = mapped_column()

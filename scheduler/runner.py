@@ -6,19 +6,24 @@ request made wakes the transfer worker (local DDM); a request ended wakes the
 activator with that request's id; a job or task ended wakes the finisher. A
 wake-up while the daemon runs is remembered and served right after, so no event
 is lost; the periodic run stays the safety net and the DB the only record.
+Several instances may share a catalog: before each run a daemon renews its
+lease in the DB (``catalog.locks``), and skips the run while another holds it.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import socket
 import threading
+import uuid
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.schedulers.background import BackgroundScheduler
 
-from dawms.catalog import events
+from dawms.catalog import events, locks
 from dawms.catalog.db import Database
 from dawms.catalog.states import JOB_FINAL, Entity, JobState, RequestState, TaskState
 from dawms.ddm_bridge import transfer
@@ -33,12 +38,14 @@ log = logging.getLogger(__name__)
 class _Daemon:
     """One daemon: never two runs at once; wake-ups during a run cause one more run."""
 
-    def __init__(self, name: str, fn: Callable[[], object]) -> None:
-        self.name, self.fn = name, fn
+    def __init__(self, name: str, fn: Callable[[], object],
+                 lease: Callable[[str], bool] | None = None) -> None:
+        self.name, self.fn, self.lease = name, fn, lease
         self._lock = threading.Lock()
         self._running = False
         self._again = False
         self.runs = 0
+        self.skipped = 0  # runs left to the instance holding the lease
 
     def __call__(self) -> None:
         with self._lock:
@@ -50,10 +57,13 @@ class _Daemon:
             while True:
                 self._again = False
                 try:
-                    self.fn()
+                    if self.lease is None or self.lease(self.name):
+                        self.fn()
+                        self.runs += 1
+                    else:
+                        self.skipped += 1
                 except Exception:
                     log.exception("daemon %s failed; the next run will try again", self.name)
-                self.runs += 1
                 with self._lock:
                     if not self._again:
                         self._running = False
@@ -72,22 +82,30 @@ class Scheduler:
         self._pending_requests: set[int] = set()
         self._req_lock = threading.Lock()
         cfg = self.cfg
-        self.daemons: dict[str, tuple[_Daemon, float]] = {
-            "refiner": (_Daemon("refiner", lambda: refiner.run_once(db, ddm)), cfg.interval_s),
-            "broker": (_Daemon("broker", lambda: broker.run_once(db, ddm, cfg)), cfg.interval_s),
-            "activator": (_Daemon("activator", self._activate), cfg.interval_s),
-            "watcher": (_Daemon("watcher", lambda: watcher.run_once(db, cfg)), cfg.interval_s),
-            "finisher": (_Daemon("finisher", lambda: finisher.run_once(db)), cfg.interval_s),
-            "ddm_poller": (_Daemon("ddm_poller", self._poll), cfg.interval_s),
+        self.holder = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self._lease_ttl = timedelta(seconds=max(60.0, 3 * cfg.interval_s))
+        fns: dict[str, tuple[Callable[[], object], float]] = {
+            "refiner": (lambda: refiner.run_once(db, ddm), cfg.interval_s),
+            "broker": (lambda: broker.run_once(db, ddm, cfg), cfg.interval_s),
+            "activator": (self._activate, cfg.interval_s),
+            "watcher": (lambda: watcher.run_once(db, cfg), cfg.interval_s),
+            "finisher": (lambda: finisher.run_once(db), cfg.interval_s),
+            "ddm_poller": (self._poll, cfg.interval_s),
         }
         if ddm.name == "local":
-            self.daemons["transfer"] = (_Daemon("transfer", lambda: transfer.run_once(db)),
-                                        cfg.transfer_interval_s)
+            fns["transfer"] = (lambda: transfer.run_once(db), cfg.transfer_interval_s)
+        self.daemons: dict[str, tuple[_Daemon, float]] = {
+            name: (_Daemon(name, fn, self._lease), interval)
+            for name, (fn, interval) in fns.items()}
         self._aps = BackgroundScheduler(executors={"default": ThreadPoolExecutor(8)},
                                         job_defaults={"coalesce": True, "max_instances": 1,
                                                       "misfire_grace_time": None},
                                         timezone=UTC)
         self._unsubscribe: Callable[[], None] | None = None
+
+    def _lease(self, name: str) -> bool:
+        with self.db.session() as s:
+            return locks.acquire(s, name, self.holder, self._lease_ttl, datetime.now(UTC))
 
     def _activate(self) -> None:
         with self._req_lock:
@@ -138,3 +156,5 @@ class Scheduler:
             self._unsubscribe()
         if self._aps.running:
             self._aps.shutdown(wait=True)
+        with self.db.session() as s:
+            locks.release(s, self.holder)
