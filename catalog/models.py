@@ -230,6 +230,7 @@ class Job(Base):
     spec: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)  # dispatch data
     pilot_id: Mapped[str | None] = mapped_column(String(255), nullable=True)
     lease_token: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    command: Mapped[str | None] = mapped_column(String(32), nullable=True)  # to its pilot
     heartbeat_at: Mapped[datetime | None] = mapped_column(nullable=True)
     state_changed_at: Mapped[datetime] = mapped_column(default=utcnow)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -211,6 +211,28 @@ def cmd_job_show(args: argparse.Namespace, st: Settings) -> int:
     return 0
 
 
+def cmd_job_kill(args: argparse.Namespace, st: Settings) -> int:
+    with _client(args) as c:
+        result = c.kill_jobs(args.ids, args.reason)
+    if args.json:
+        _print_json(result)
+    else:
+        for job_id, what in result.items():
+            print(f"job {job_id}: {what}")
+    return 0 if all(v in ("cancelled", "tobekilled") for v in result.values()) else 1
+
+
+def cmd_task_kill(args: argparse.Namespace, st: Settings) -> int:
+    with _client(args) as c:
+        result = c.kill_task(args.id, args.reason)
+    if args.json:
+        _print_json(result)
+    else:
+        print(f"task {args.id} aborted; jobs: " + (", ".join(
+            f"{k} {v}" for k, v in result["jobs"].items()) or "none open"))
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace, st: Settings) -> int:
     from .demo import run_demo
 
@@ -271,7 +293,19 @@ def build_parser() -> argparse.ArgumentParser:
     tsh.add_argument("--json", action="store_true")
     tsh.set_defaults(fn=cmd_task_show)
 
+    tk = task.add_parser("kill", help="abort a task and kill its jobs")
+    tk.add_argument("id", type=int)
+    tk.add_argument("--reason", default="")
+    tk.add_argument("--json", action="store_true")
+    tk.set_defaults(fn=cmd_task_kill)
+
     job = sub.add_parser("job", help="jobs").add_subparsers(dest="sub", required=True)
+    jk = job.add_parser("kill", help="kill jobs (queued: cancelled; running: their pilot "
+                                     "is told)")
+    jk.add_argument("ids", type=int, nargs="+")
+    jk.add_argument("--reason", default="")
+    jk.add_argument("--json", action="store_true")
+    jk.set_defaults(fn=cmd_job_kill)
     jl = job.add_parser("list")
     jl.add_argument("--task", type=int)
     jl.add_argument("--state")

@@ -75,6 +75,12 @@ class Client:
     def job(self, job_id: int) -> dict[str, Any]:
         return self._call("GET", f"/job/{job_id}")
 
+    def kill_jobs(self, job_ids: list[int], reason: str = "") -> dict[str, str]:
+        return self._call("POST", "/job/kill", json={"job_ids": job_ids, "reason": reason})
+
+    def kill_task(self, task_id: int, reason: str = "") -> dict[str, Any]:
+        return self._call("POST", "/task/kill", json={"task_id": task_id, "reason": reason})
+
     def summary(self, task_id: int | None = None) -> dict[str, Any]:
         return self._call("GET", "/summary",
                           params={"task_id": task_id} if task_id is not None else {})

@@ -6,6 +6,8 @@ attempt that is not current (ended, retried, taken by another pilot) raises
 report success (DIRAC's lesson). A final ``finished`` report moves the job to
 ``holding``, registers its outputs in the DDM with their size and adler32, and
 finishes it; a registration error fails it as a stage-out failure instead.
+Every reply carries the job's pending command for its pilot (``tobekilled``);
+the ``failed`` report that follows a kill makes the job ``cancelled``.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from dawms.catalog.states import JOB_FINAL, Entity, JobState
 from dawms.catalog.transition import StaleState, transition
 from dawms.ddm_bridge.abc import DDM, FileInfo, RegistrationError
 
+from .kill import KILL
 from .retry import retry_failed
 
 REPORTABLE = {JobState.STARTING, JobState.RUNNING, JobState.HOLDING, JobState.TRANSFERRING,
@@ -88,16 +91,21 @@ def pilot_update(session: Session, ddm: DDM, report: dict[str, Any],
         return dst
 
     current = job.state
+    reply = {"command": job.command}
     if state == JobState.FAILED:
         _register(session, ddm, job, report, types=("log",), required=False)
-        step(current, JobState.FAILED, report.get("error_diag", "")[:500],
+        killed = job.command == KILL  # the pilot obeyed a kill: cancelled, never retried
+        step(current, JobState.CANCELLED if killed else JobState.FAILED,
+             "killed on request" if killed else report.get("error_diag", "")[:500],
              exit_code=report.get("exit_code"),
-             error_category=str(report.get("error_category") or "pilot")[:32],
+             error_category="killed" if killed
+             else str(report.get("error_category") or "pilot")[:32],
              error_diag=str(report.get("error_diag", ""))[:4000])
-        retry_failed(session, [job.id], now)
-        return {"command": None}
+        if not killed:
+            retry_failed(session, [job.id], now)
+        return reply
     if state == current:
-        return {"command": None}  # a heartbeat
+        return reply  # a heartbeat
     path = PATHS.get((current, state.value))
     if path is None:
         raise StaleReport(f"job {job_id} is {current}; a report of {state.value} does not "
@@ -112,10 +120,10 @@ def pilot_update(session: Session, ddm: DDM, report: dict[str, Any],
             step(current, JobState.FAILED, str(exc), exit_code=report.get("exit_code"),
                  error_category="stageout", error_diag=str(exc)[:4000])
             retry_failed(session, [job.id], now)
-            return {"command": None}
+            return reply
         step(current, JobState.FINISHED, "outputs registered",
              exit_code=report.get("exit_code", 0))
-    return {"command": None}
+    return reply
 
 
 def _register(session: Session, ddm: DDM, job: Job, report: dict[str, Any],

@@ -18,6 +18,7 @@ from dawms.catalog.states import Entity, JobState
 from dawms.catalog.transition import transition_many
 
 from .config import SchedulerConfig
+from .kill import KILL
 from .retry import retry_failed
 
 ACTOR = "scheduler:watcher"
@@ -32,8 +33,14 @@ def run_once(db: Database, cfg: SchedulerConfig, now: datetime | None = None) ->
     with db.session() as s:
         for state, timeout in limits.items():
             cutoff = now - timedelta(seconds=timeout)
-            ids = list(s.scalars(select(Job.id).where(Job.state == state,
-                                                      Job.heartbeat_at < cutoff)))
+            rows = s.execute(select(Job.id, Job.command).where(
+                Job.state == state, Job.heartbeat_at < cutoff)).all()
+            # a job whose pilot went silent after a kill command was killed: cancelled
+            transition_many(
+                s, Entity.JOB, [i for i, c in rows if c == KILL], JobState.CANCELLED,
+                expected=state, actor=ACTOR, reason="killed; the pilot went silent", now=now,
+                values={"error_category": "killed"})
+            ids = [i for i, c in rows if c != KILL]
             failed += transition_many(
                 s, Entity.JOB, ids, JobState.FAILED, expected=state, actor=ACTOR,
                 reason=f"no heartbeat for {timeout} s", now=now,

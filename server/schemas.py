@@ -53,3 +53,13 @@ class DDMEventIn(BaseModel):
     request_id: int | None = None
     external_id: str | None = None
     error: str = ""
+
+
+class KillJobs(BaseModel):
+    job_ids: list[int] = Field(min_length=1, max_length=100000)
+    reason: str = ""
+
+
+class KillTask(BaseModel):
+    task_id: int
+    reason: str = ""

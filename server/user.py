@@ -23,10 +23,11 @@ from dawms.catalog.models import (
     StateHistory,
     Task,
 )
+from dawms.scheduler.kill import kill_jobs, kill_task
 from dawms.scheduler.task import submit
 
 from .envelope import NotFound, ok
-from .schemas import Envelope
+from .schemas import Envelope, KillJobs, KillTask
 
 router = APIRouter(prefix="/api/v1", tags=["user"])
 
@@ -36,7 +37,7 @@ TASK_COLS = ("id", "name", "owner", "state", "priority", "input_datasets", "outp
 JOB_COLS = ("id", "task_id", "job_index", "attempt", "retry_of", "state", "priority", "cores",
             "memory_mb", "walltime_s", "pilot_id", "heartbeat_at", "state_changed_at",
             "created_at", "started_at", "ended_at", "exit_code", "error_category",
-            "error_diag", "metrics")
+            "error_diag", "metrics", "command")
 
 
 def _row(obj: Any, cols: tuple[str, ...]) -> dict[str, Any]:
@@ -93,6 +94,26 @@ def task_show(task_id: int, request: Request) -> dict[str, Any]:
             raise NotFound(f"no task {task_id}")
         return ok({**_row(task, TASK_COLS), "jobs": _job_counts(s, [task_id]).get(task_id, {}),
                    "history": _history(s, "task", task_id)})
+
+
+@router.post("/task/kill", response_model=Envelope, tags=["task"])
+def task_kill(body: KillTask, request: Request,
+              x_dawms_user: str | None = Header(None)) -> dict[str, Any]:
+    """Abort a task: queued jobs are cancelled, running ones told to die."""
+    with request.app.state.db.session() as s:
+        jobs = kill_task(s, body.task_id, actor=f"user:{x_dawms_user or 'unknown'}",
+                         reason=body.reason)
+    return ok({"task_id": body.task_id, "state": "aborted", "jobs": jobs})
+
+
+@router.post("/job/kill", response_model=Envelope, tags=["job"])
+def job_kill(body: KillJobs, request: Request,
+             x_dawms_user: str | None = Header(None)) -> dict[str, Any]:
+    """Kill jobs: per job "cancelled", "tobekilled" (its pilot is told), its final state,
+    or "unknown"."""
+    with request.app.state.db.session() as s:
+        return ok(kill_jobs(s, body.job_ids, actor=f"user:{x_dawms_user or 'unknown'}",
+                            reason=body.reason))
 
 
 @router.get("/job/list", response_model=Envelope, tags=["job"])

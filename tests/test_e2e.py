@@ -133,3 +133,28 @@ def test_dead_pilot_attempt_is_retried_and_fenced(db: Database, ddm: LocalDDM, s
     with Client(server) as client:
         assert [j["state"] for j in client.jobs(task_id=task_id)] == ["failed", "finished"]
     assert _check_outputs(db) == 1
+
+
+def test_kill_reaches_the_running_payload_through_the_heartbeat(
+        db: Database, ddm: LocalDDM, server: str, tmp_path: Path) -> None:
+    make_dataset(db, ddm, "e2e:raw.A", "SITE_A_DISK", 1, tmp_path, seed=5)
+    spec = {**_spec(sleep=300), "input_datasets": ["e2e:raw.A"]}
+    factory = LocalFactory()
+    with Client(server, user="analyst") as client:
+        task_id = client.submit_task(spec)["task_id"]
+        pilot = factory.submit(server, "SITE_A_PROD", 1, tmp_path / "p", idle_timeout=3,
+                               poll_interval=0.3, kill_grace=2)[0]
+        deadline = time.monotonic() + 60
+        while not (running := client.jobs(task_id=task_id, state="running")):
+            assert time.monotonic() < deadline, client.summary(task_id)
+            time.sleep(0.2)
+        t0 = time.monotonic()
+        assert client.kill_jobs([running[0]["id"]]) == {str(running[0]["id"]): "tobekilled"}
+        while client.job(running[0]["id"])["state"] != "cancelled":
+            assert time.monotonic() - t0 < 30, client.job(running[0]["id"])
+            time.sleep(0.2)
+        killed_after = time.monotonic() - t0
+        jobs = client.jobs(task_id=task_id)
+    assert factory.wait(pilot, 30) == "done"  # the pilot itself carried on, then went idle
+    assert [(j["attempt"], j["state"]) for j in jobs] == [(1, "cancelled")]
+    assert killed_after < 15  # a heartbeat (1 s) plus the kill grace, not the 300 s sleep

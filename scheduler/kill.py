@@ -1,0 +1,70 @@
+"""Killing jobs and tasks (PanDA's job/kill and task/kill).
+
+A job nobody runs yet (``defined`` ... ``activated``) is ``cancelled`` at once.
+A job a pilot holds gets the command ``tobekilled``: the next heartbeat reply
+carries it, the pilot kills the payload and reports ``failed``, and the server
+records the job as ``cancelled`` (see ``job.pilot_update``); it is never retried.
+Killing a task aborts it and kills every job of it that has not ended.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable
+from datetime import UTC, datetime
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from dawms.catalog.models import Job, Task
+from dawms.catalog.states import JOB_QUEUED, JOB_WITH_PILOT, TASK_FINAL, Entity, JobState, TaskState
+from dawms.catalog.transition import transition_many
+
+KILL = "tobekilled"
+
+
+def kill_jobs(session: Session, job_ids: Iterable[int], *, actor: str, reason: str = "",
+              now: datetime | None = None) -> dict[int, str]:
+    """Kill each job; returns what happened to each: cancelled | tobekilled | <final state>
+    | unknown."""
+    now = now or datetime.now(UTC)
+    ids = list(dict.fromkeys(job_ids))
+    rows = dict(session.execute(select(Job.id, Job.state).where(Job.id.in_(ids))).all())
+    result = {i: rows.get(i, "unknown") for i in ids}
+    queued: dict[str, list[int]] = defaultdict(list)
+    held = []
+    for job_id, state in rows.items():
+        if state in JOB_QUEUED:
+            queued[state].append(job_id)
+        elif state in JOB_WITH_PILOT:
+            held.append(job_id)
+    why = reason or "killed"
+    for state, group in queued.items():
+        for job_id in transition_many(session, Entity.JOB, group, JobState.CANCELLED,
+                                      expected=state, actor=actor, reason=why, now=now,
+                                      values={"error_category": "killed", "error_diag": why}):
+            result[job_id] = JobState.CANCELLED.value
+    if held:
+        session.execute(update(Job).where(Job.id.in_(held),
+                                          Job.state.in_(list(JOB_WITH_PILOT)))
+                        .values(command=KILL, error_diag=why[:4000]))
+        for job_id in held:
+            result[job_id] = KILL
+    return result
+
+
+def kill_task(session: Session, task_id: int, *, actor: str, reason: str = "",
+              now: datetime | None = None) -> dict[int, str]:
+    """Abort the task and kill its jobs; LookupError for an unknown task."""
+    now = now or datetime.now(UTC)
+    task = session.get(Task, task_id)
+    if task is None:
+        raise LookupError(f"no task {task_id}")
+    if task.state in TASK_FINAL:
+        raise ValueError(f"task {task_id} is already {task.state}")
+    transition_many(session, Entity.TASK, [task_id], TaskState.ABORTED, expected=task.state,
+                    actor=actor, reason=reason or "killed", now=now)
+    open_jobs = session.scalars(select(Job.id).where(
+        Job.task_id == task_id, Job.state.in_(list(JOB_QUEUED | JOB_WITH_PILOT)))).all()
+    return kill_jobs(session, open_jobs, actor=actor, reason=reason or f"task {task_id} killed",
+                     now=now)
