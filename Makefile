@@ -32,6 +32,7 @@ test: venv services lint
 
 bench: venv services
 	. .services/env && $(BIN)/python bench/claim_rate.py
+	$(BIN)/python bench/transfer_rate.py
 
 clean:
 	rm -rf $(VENV) build .services *.egg-info
