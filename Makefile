@@ -9,12 +9,14 @@ PIP := $(BIN)/pip -q --disable-pip-version-check
 # The venv with every extra; deps are reinstalled only when pyproject.toml changes,
 # the strict editable link tree (new modules) is refreshed every time (a second).
 venv: $(VENV)/.deps
-	$(PIP) install --no-deps -e . --config-settings editable_mode=strict
+	@$(PIP) install --no-deps -e . --config-settings editable_mode=strict \
+		> $(VENV)/install.log 2>&1 || { cat $(VENV)/install.log; exit 1; }
 
 $(VENV)/.deps: pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(PIP) install --upgrade pip setuptools wheel
-	$(PIP) install -e '.[all]' --config-settings editable_mode=strict
+	$(PIP) install -e '.[all]' --config-settings editable_mode=strict \
+		> $(VENV)/install.log 2>&1 || { cat $(VENV)/install.log; exit 1; }
 	touch $@
 
 # Every system service the tests need, installed and started if missing (idempotent).
