@@ -231,6 +231,8 @@ class Job(Base):
     pilot_id: Mapped[str | None] = mapped_column(String(255), nullable=True)
     lease_token: Mapped[str | None] = mapped_column(String(64), nullable=True)
     command: Mapped[str | None] = mapped_column(String(32), nullable=True)  # to its pilot
+    # rebrokerage constraints for the broker: {"queue": name} or {"exclude": [names]}
+    broker_hint: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     heartbeat_at: Mapped[datetime | None] = mapped_column(nullable=True)
     state_changed_at: Mapped[datetime] = mapped_column(default=utcnow)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -233,6 +233,18 @@ def cmd_task_kill(args: argparse.Namespace, st: Settings) -> int:
     return 0
 
 
+def cmd_reassign(args: argparse.Namespace, st: Settings) -> int:
+    with _client(args) as c:
+        result = (c.reassign_task(args.id, args.queue) if args.what == "task"
+                  else c.reassign_jobs(args.ids, args.queue))
+    if args.json:
+        _print_json(result)
+    else:
+        for job_id, what in result.items():
+            print(f"job {job_id}: {what}")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace, st: Settings) -> int:
     from .demo import run_demo
 
@@ -299,7 +311,18 @@ def build_parser() -> argparse.ArgumentParser:
     tk.add_argument("--json", action="store_true")
     tk.set_defaults(fn=cmd_task_kill)
 
+    tr = task.add_parser("reassign", help="rebroker the task's queued jobs")
+    tr.add_argument("id", type=int)
+    tr.add_argument("--queue", help="send them here (default: anywhere but where they are)")
+    tr.add_argument("--json", action="store_true")
+    tr.set_defaults(fn=cmd_reassign, what="task")
+
     job = sub.add_parser("job", help="jobs").add_subparsers(dest="sub", required=True)
+    jr = job.add_parser("reassign", help="rebroker queued jobs")
+    jr.add_argument("ids", type=int, nargs="+")
+    jr.add_argument("--queue", help="send them here (default: anywhere but where they are)")
+    jr.add_argument("--json", action="store_true")
+    jr.set_defaults(fn=cmd_reassign, what="job")
     jk = job.add_parser("kill", help="kill jobs (queued: cancelled; running: their pilot "
                                      "is told)")
     jk.add_argument("ids", type=int, nargs="+")

@@ -81,6 +81,12 @@ class Client:
     def kill_task(self, task_id: int, reason: str = "") -> dict[str, Any]:
         return self._call("POST", "/task/kill", json={"task_id": task_id, "reason": reason})
 
+    def reassign_jobs(self, job_ids: list[int], queue: str | None = None) -> dict[str, str]:
+        return self._call("POST", "/job/reassign", json={"job_ids": job_ids, "queue": queue})
+
+    def reassign_task(self, task_id: int, queue: str | None = None) -> dict[str, str]:
+        return self._call("POST", "/task/reassign", json={"task_id": task_id, "queue": queue})
+
     def summary(self, task_id: int | None = None) -> dict[str, Any]:
         return self._call("GET", "/summary",
                           params={"task_id": task_id} if task_id is not None else {})

@@ -142,8 +142,13 @@ def run_once(db: Database, ddm: DDM, cfg: SchedulerConfig,
         for job in jobs:
             best: tuple[float, Candidate, list[int]] | None = None
             reasons = []
+            hint = job.broker_hint or {}
             for c in cands:
                 why = fits(c.queue, job)
+                if not why and hint.get("queue") and c.queue.name != hint["queue"]:
+                    why = f"the job was reassigned to {hint['queue']}"
+                if not why and c.queue.name in hint.get("exclude", ()):
+                    why = "excluded by rebrokerage"
                 if not why and not c.local_endpoints:
                     why = "reads from no disk endpoint"
                 if not why and c.load.queued >= c.queue.max_queued:

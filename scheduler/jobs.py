@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime
+from typing import Any, NamedTuple
 
 from sqlalchemy import insert
 from sqlalchemy.orm import Session
@@ -16,22 +17,31 @@ from dawms.ddm_bridge.abc import split_did
 from .naming import log_lfn, output_lfn
 
 
-def create_jobs(session: Session, task: Task,
-                pieces: Sequence[tuple[int, int, Sequence[tuple[File, str]], int | None]],
-                *, now: datetime, actor: str, reason: str) -> list[int]:
-    """Insert one defined job per ``(index, attempt, [(file, dataset)], retry_of)``."""
+class Piece(NamedTuple):
+    """One job to create: which piece of the task, which attempt, its inputs."""
+
+    index: int
+    attempt: int
+    inputs: Sequence[tuple[File, str]]  # (file, dataset)
+    retry_of: int | None = None
+    broker_hint: dict[str, Any] | None = None
+
+
+def create_jobs(session: Session, task: Task, pieces: Sequence[Piece], *, now: datetime,
+                actor: str, reason: str) -> list[int]:
+    """Insert one defined job per piece, with its input, output and log files."""
     res = task.resources
-    jobs = [Job(task_id=task.id, job_index=index, attempt=attempt, retry_of=retry_of,
-                state=JobState.DEFINED, priority=task.priority, cores=res["cores"],
-                memory_mb=res["memory_mb"], walltime_s=res["walltime_s"],
+    jobs = [Job(task_id=task.id, job_index=p.index, attempt=p.attempt, retry_of=p.retry_of,
+                broker_hint=p.broker_hint, state=JobState.DEFINED, priority=task.priority,
+                cores=res["cores"], memory_mb=res["memory_mb"], walltime_s=res["walltime_s"],
                 disk_mb=res["disk_mb"], state_changed_at=now, created_at=now)
-            for index, attempt, _, retry_of in pieces]
+            for p in pieces]
     session.add_all(jobs)
     session.flush()
     out_scope, _ = split_did(task.output_dataset)
     log_scope, _ = split_did(task.log_dataset)
     rows = []
-    for job, (index, attempt, inputs, _) in zip(jobs, pieces, strict=True):
+    for job, (index, attempt, inputs, _, _) in zip(jobs, pieces, strict=True):
         for f, did in inputs:
             rows.append({"job_id": job.id, "type": "in", "scope": f.scope, "lfn": f.name,
                          "dataset": did, "file_id": f.id, "size": f.size,

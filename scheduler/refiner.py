@@ -18,7 +18,7 @@ from dawms.catalog.states import Entity, TaskState
 from dawms.catalog.transition import transition
 from dawms.ddm_bridge.abc import DDM, DDMError
 
-from .jobs import create_jobs
+from .jobs import Piece, create_jobs
 from .split import split_files
 
 log = logging.getLogger(__name__)
@@ -53,7 +53,7 @@ def run_once(db: Database, ddm: DDM, now: datetime | None = None, *, limit: int 
                            values={"error": reason}, now=now)
                 continue
             chunks = split_files([_Sized(f, did) for f, did in files], task.split)
-            pieces = [(i + 1, 1, [(c.file, c.did) for c in chunk], None)
+            pieces = [Piece(i + 1, 1, [(c.file, c.did) for c in chunk])
                       for i, chunk in enumerate(chunks)]
             created += len(create_jobs(s, task, pieces, now=now, actor=ACTOR,
                                        reason=f"split by {task.split}"))

@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 from dawms.catalog.models import File, Job, JobFile, Task
 from dawms.catalog.states import TASK_FINAL, JobState
 
-from .jobs import create_jobs
+from .jobs import Piece, create_jobs
 
 ACTOR = "scheduler:retry"
 # Failures that another attempt cannot mend.
@@ -47,7 +47,8 @@ def retry_failed(session: Session, job_ids: Iterable[int], now: datetime) -> lis
                 select(File, JobFile.dataset).join(JobFile, JobFile.file_id == File.id)
                 .where(JobFile.job_id == job.id, JobFile.type == "in")
                 .order_by(JobFile.id)).all())
-            pieces.append((job.job_index, job.attempt + 1, inputs, job.id))
+            pieces.append(Piece(job.job_index, job.attempt + 1, inputs, job.id,
+                                job.broker_hint))
         if pieces:
             new_ids += create_jobs(session, task, pieces, now=now, actor=ACTOR,
                                    reason="retry of a failed attempt")

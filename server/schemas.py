@@ -63,3 +63,14 @@ class KillJobs(BaseModel):
 class KillTask(BaseModel):
     task_id: int
     reason: str = ""
+
+
+class ReassignJobs(BaseModel):
+    job_ids: list[int] = Field(min_length=1, max_length=100000)
+    queue: str | None = Field(None, description="send them here; default: anywhere but "
+                                                "where they are")
+
+
+class ReassignTask(BaseModel):
+    task_id: int
+    queue: str | None = None

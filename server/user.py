@@ -24,10 +24,11 @@ from dawms.catalog.models import (
     Task,
 )
 from dawms.scheduler.kill import kill_jobs, kill_task
+from dawms.scheduler.rebroker import reassign_jobs, reassign_task
 from dawms.scheduler.task import submit
 
 from .envelope import NotFound, ok
-from .schemas import Envelope, KillJobs, KillTask
+from .schemas import Envelope, KillJobs, KillTask, ReassignJobs, ReassignTask
 
 router = APIRouter(prefix="/api/v1", tags=["user"])
 
@@ -37,7 +38,7 @@ TASK_COLS = ("id", "name", "owner", "state", "priority", "input_datasets", "outp
 JOB_COLS = ("id", "task_id", "job_index", "attempt", "retry_of", "state", "priority", "cores",
             "memory_mb", "walltime_s", "pilot_id", "heartbeat_at", "state_changed_at",
             "created_at", "started_at", "ended_at", "exit_code", "error_category",
-            "error_diag", "metrics", "command")
+            "error_diag", "metrics", "command", "broker_hint")
 
 
 def _row(obj: Any, cols: tuple[str, ...]) -> dict[str, Any]:
@@ -114,6 +115,24 @@ def job_kill(body: KillJobs, request: Request,
     with request.app.state.db.session() as s:
         return ok(kill_jobs(s, body.job_ids, actor=f"user:{x_dawms_user or 'unknown'}",
                             reason=body.reason))
+
+
+@router.post("/task/reassign", response_model=Envelope, tags=["task"])
+def task_reassign(body: ReassignTask, request: Request,
+                  x_dawms_user: str | None = Header(None)) -> dict[str, Any]:
+    """Rebroker every queued job of a task (to ``queue``, or away from where it is)."""
+    with request.app.state.db.session() as s:
+        return ok(reassign_task(s, body.task_id, queue=body.queue,
+                                actor=f"user:{x_dawms_user or 'unknown'}"))
+
+
+@router.post("/job/reassign", response_model=Envelope, tags=["job"])
+def job_reassign(body: ReassignJobs, request: Request,
+                 x_dawms_user: str | None = Header(None)) -> dict[str, Any]:
+    """Rebroker queued jobs: per job "-> <new id>", "not queued (<state>)" or "unknown"."""
+    with request.app.state.db.session() as s:
+        return ok(reassign_jobs(s, body.job_ids, queue=body.queue,
+                                actor=f"user:{x_dawms_user or 'unknown'}"))
 
 
 @router.get("/job/list", response_model=Envelope, tags=["job"])
