@@ -95,11 +95,13 @@ def transition_many(
     lease_token: str | None = None,
     values: dict[str, Any] | None = None,
     now: datetime | None = None,
+    guard: Sequence[Any] = (),
 ) -> list[int]:
     """Move every row of ``ids`` still in ``expected`` to ``to``; returns the ids moved.
 
     Rows that moved on in the meantime are left alone (compare-and-set), which is
-    what makes duplicated or reordered events harmless.
+    what makes duplicated or reordered events harmless. ``guard`` adds conditions
+    that must still hold at the moment of the update (e.g. "no heartbeat since").
     """
     if not allowed(entity, expected, to):
         raise IllegalTransition(f"{entity.value}: {expected} -> {to} is not allowed")
@@ -117,6 +119,7 @@ def transition_many(
             conds.append(model.attempt == attempt)
         if lease_token is not None:
             conds.append(model.lease_token == lease_token)
+        conds.extend(guard)
         stmt = (update(model).where(*conds)
                 .values(state=to, **_timestamp_columns(entity, to, now), **values)
                 .returning(model.id, model.attempt if entity is Entity.JOB

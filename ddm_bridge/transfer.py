@@ -55,9 +55,13 @@ class _Outcome:
 
 
 def _copy(item: _Item, dest_url: str) -> _Outcome:
+    """Copy one file from its first intact source; any error fails this file only."""
     bad: list[int] = []
     errors: list[str] = []
-    fs, dest_path = fsspec.core.url_to_fs(dest_url)
+    try:
+        fs, dest_path = fsspec.core.url_to_fs(dest_url)
+    except Exception as exc:  # e.g. a scheme no installed fsspec backend knows
+        return _Outcome(item, False, bad, f"{dest_url}: cannot open the destination: {exc}")
     for replica_id, src in item.sources:
         try:
             fs.makedirs(posixpath.dirname(dest_path), exist_ok=True)
@@ -75,8 +79,8 @@ def _copy(item: _Item, dest_url: str) -> _Outcome:
                 fs.rm(dest_path)
                 continue
             return _Outcome(item, True, bad)
-        except OSError as exc:
-            errors.append(f"{src}: {exc}")
+        except Exception as exc:  # a broken source or backend must not stop the worker
+            errors.append(f"{src}: {type(exc).__name__}: {exc}")
     return _Outcome(item, False, bad, "; ".join(errors) or "no source replica")
 
 
@@ -98,8 +102,11 @@ def run_once(db: Database, now: datetime | None = None, *, max_requests: int = 5
             if res.rowcount:
                 claimed.append(rid)
     copied = 0
-    for rid in claimed:
-        copied += _work(db, rid, batch)
+    for rid in claimed:  # one broken request must not hold up the ones behind it
+        try:
+            copied += _work(db, rid, batch)
+        except Exception:
+            log.exception("request %s: the transfer worker failed; its lease will expire", rid)
     return copied
 
 

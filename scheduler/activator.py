@@ -4,7 +4,9 @@ Run at once by the event of a data request ending (``request_ids`` given) and
 periodically over all assigned jobs as the safety net. Only an ``available``
 replica on a *disk* endpoint the job's queue reads from counts (never tape).
 A job whose request failed and whose inputs are still missing fails (category
-``ddm``) and is retried by policy.
+``ddm``) and is retried by policy. A missing file that no open request is
+bringing (none was made, or one ended "done" without it arriving) is requested
+again, so no job waits on nothing; the watcher's ``assigned`` timeout bounds it.
 """
 
 from __future__ import annotations
@@ -23,8 +25,10 @@ from dawms.ddm_bridge.abc import DDM
 from .config import SchedulerConfig
 from .dispatch import available_disk_replicas, build_specs
 from .retry import retry_failed
+from .setup import link_requests, request_missing
 
 ACTOR = "scheduler:activator"
+DEAD = (RequestState.FAILED, RequestState.CANCELLED)
 
 
 def run_once(db: Database, ddm: DDM, cfg: SchedulerConfig, now: datetime | None = None,
@@ -32,17 +36,18 @@ def run_once(db: Database, ddm: DDM, cfg: SchedulerConfig, now: datetime | None 
     """Activate the assigned jobs whose inputs arrived; returns how many."""
     now = now or datetime.now(UTC)
     with db.session() as s:
-        query = select(Job.id, Job.queue_id).where(Job.state == JobState.ASSIGNED)
+        query = select(Job.id, Job.queue_id, Job.task_id).where(Job.state == JobState.ASSIGNED)
         if request_ids:
             query = query.where(Job.id.in_(select(JobFile.job_id)
                                            .where(JobFile.request_id.in_(request_ids))))
-        jobs = dict(s.execute(query.order_by(Job.priority.desc(), Job.id)
-                              .limit(cfg.activator_bunch)).all())
-        if not jobs:
+        rows = s.execute(query.order_by(Job.id).limit(cfg.activator_bunch)).all()
+        if not rows:
             return 0
+        jobs = {job_id: queue_id for job_id, queue_id, _ in rows}
+        task_of = {job_id: task_id for job_id, _, task_id in rows}
         endpoints = {e.name: e for e in s.scalars(select(StorageEndpoint))}
-        local = {q.id: {endpoints[n].id for n in q.read_endpoints
-                        if n in endpoints and endpoints[n].kind == "disk"}
+        local = {q.id: [endpoints[n].id for n in q.read_endpoints
+                        if n in endpoints and endpoints[n].kind == "disk"]
                  for q in s.scalars(select(Queue).where(Queue.id.in_(set(jobs.values()))))}
         inputs: dict[int, list[tuple[int, int | None]]] = defaultdict(list)
         for job_id, file_id, req in s.execute(
@@ -50,17 +55,29 @@ def run_once(db: Database, ddm: DDM, cfg: SchedulerConfig, now: datetime | None 
                 .where(JobFile.job_id.in_(list(jobs)), JobFile.type == "in")):
             inputs[job_id].append((file_id, req))
         held = available_disk_replicas(s, {f for rows in inputs.values() for f, _ in rows})
-        dead_requests = set(s.scalars(select(DataRequest.id).where(
-            DataRequest.id.in_({r for rows in inputs.values() for _, r in rows if r}),
-            DataRequest.state.in_([RequestState.FAILED, RequestState.CANCELLED]))))
+        request_state = dict(s.execute(select(DataRequest.id, DataRequest.state).where(
+            DataRequest.id.in_({r for rows in inputs.values() for _, r in rows if r}))).all())
         ready: dict[int, int] = {}
         doomed: list[int] = []
-        for job_id, rows in inputs.items():
-            missing = [(f, r) for f, r in rows if not set(held.get(f, ())) & local[jobs[job_id]]]
+        # missing files no open request is bringing (none made, or one that ended
+        # "done" without the file arriving): ask again
+        orphans: dict[tuple[int, int], set[int]] = defaultdict(set)
+        orphan_jobs: list[tuple[int, int, int]] = []
+        for job_id, files in inputs.items():
+            mine = local[jobs[job_id]]
+            missing = [(f, r) for f, r in files if not set(held.get(f, ())) & set(mine)]
             if not missing:
                 ready[job_id] = jobs[job_id]
-            elif any(r in dead_requests for _, r in missing):
+            elif any(request_state.get(r) in DEAD for _, r in missing):
                 doomed.append(job_id)
+            else:
+                for f, r in missing:
+                    if request_state.get(r) != RequestState.REQUESTED and mine:
+                        orphans[(task_of[job_id], mine[0])].add(f)
+                        orphan_jobs.append((job_id, f, mine[0]))
+        if orphans:
+            file_request = request_missing(s, ddm, orphans)
+            link_requests(s, [(j, f, file_request[(f, ep)]) for j, f, ep in orphan_jobs])
         moved = transition_many(s, Entity.JOB, list(ready), JobState.ACTIVATED,
                                 expected=JobState.ASSIGNED, actor=ACTOR,
                                 reason="all inputs on disk at the site", now=now)

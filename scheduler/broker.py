@@ -19,17 +19,14 @@ carries the missing files (PanDA's ``_dis`` block) and the job is ``assigned``.
 from __future__ import annotations
 
 import logging
-import uuid
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from sqlalchemy import bindparam, func, select, update
+from sqlalchemy import func, select, update
 
 from dawms.catalog.db import Database
 from dawms.catalog.models import (
-    DataRequest,
-    DataRequestFile,
     File,
     Job,
     JobFile,
@@ -37,12 +34,13 @@ from dawms.catalog.models import (
     StorageEndpoint,
     Task,
 )
-from dawms.catalog.states import Entity, JobState, RequestState, TaskState
+from dawms.catalog.states import TASK_FINAL, Entity, JobState, TaskState
 from dawms.catalog.transition import transition_many
 from dawms.ddm_bridge.abc import DDM
 
 from .config import SchedulerConfig
 from .dispatch import available_disk_replicas, build_specs
+from .setup import link_requests, request_missing
 
 log = logging.getLogger(__name__)
 ACTOR = "scheduler:broker"
@@ -122,6 +120,7 @@ def run_once(db: Database, ddm: DDM, cfg: SchedulerConfig,
                               .order_by(Job.priority.desc(), Job.id).limit(cfg.broker_bunch)))
         if not jobs:
             return 0
+        jobs = _drop_jobs_of_ended_tasks(s, jobs, now)
         endpoints = {e.name: e for e in s.scalars(select(StorageEndpoint))}
         queues = [q for q in s.scalars(select(Queue).order_by(Queue.name))
                   if q.status == "online"]
@@ -185,6 +184,22 @@ def run_once(db: Database, ddm: DDM, cfg: SchedulerConfig,
         return len(choice)
 
 
+def _drop_jobs_of_ended_tasks(s, jobs: list[Job], now: datetime) -> list[Job]:
+    """Jobs whose task ended (e.g. aborted while they were being created) are closed."""
+    ended = set(s.scalars(select(Task.id).where(Task.id.in_({j.task_id for j in jobs}),
+                                                Task.state.in_(list(TASK_FINAL)))))
+    if not ended:
+        return jobs
+    by_state: dict[str, list[int]] = defaultdict(list)
+    for j in jobs:
+        if j.task_id in ended:
+            by_state[j.state].append(j.id)
+    for state, ids in by_state.items():
+        transition_many(s, Entity.JOB, ids, JobState.CLOSED, expected=state, actor=ACTOR,
+                        reason="its task has ended", now=now)
+    return [j for j in jobs if j.task_id not in ended]
+
+
 def _setup(s, ddm: DDM, cfg: SchedulerConfig, jobs: list[Job],
            choice: dict[int, tuple[Candidate, list[int]]],
            endpoints: dict[str, StorageEndpoint], now: datetime) -> None:
@@ -198,29 +213,7 @@ def _setup(s, ddm: DDM, cfg: SchedulerConfig, jobs: list[Job],
         groups[(job.state, c.queue.id, target)].append(job_id)
         if missing:
             bunches[(job.task_id, c.local_endpoints[0])].update(missing)
-    # one replication request per (task, endpoint); files already on their way there
-    # ride on the request that carries them
-    file_request: dict[tuple[int, int], int] = {}
-    for (task_id, endpoint_id), file_ids in bunches.items():
-        in_flight = dict(s.execute(
-            select(DataRequestFile.file_id, DataRequest.id)
-            .join(DataRequest, DataRequest.id == DataRequestFile.request_id)
-            .where(DataRequest.endpoint_id == endpoint_id,
-                   DataRequest.state == RequestState.REQUESTED,
-                   DataRequestFile.file_id.in_(list(file_ids)))).all())
-        new = sorted(file_ids - set(in_flight))
-        for fid, rid in in_flight.items():
-            file_request[(fid, endpoint_id)] = rid
-        if new:
-            task = s.get(Task, task_id)
-            endpoint = next(e for e in endpoints.values() if e.id == endpoint_id)
-            files = list(s.scalars(select(File).where(File.id.in_(new))))
-            req = ddm.request_replication(s, files, endpoint,
-                                          name=f"{task.name}_dis{uuid.uuid4().hex[:10]}")
-            for fid in new:
-                file_request[(fid, endpoint_id)] = req.id
-            log.info("request %s: %d files of task %s to %s", req.id, len(new), task_id,
-                     endpoint.name)
+    file_request = request_missing(s, ddm, bunches)
     for (state, queue_id, target), ids in groups.items():
         moved = transition_many(s, Entity.JOB, ids, target, expected=state, actor=ACTOR,
                                 reason="inputs at queue" if target == JobState.ACTIVATED
@@ -231,15 +224,9 @@ def _setup(s, ddm: DDM, cfg: SchedulerConfig, jobs: list[Job],
             if specs:
                 s.execute(update(Job), [{"id": i, "spec": sp} for i, sp in specs.items()])
         else:
-            links = [{"j": job_id, "f": fid, "r": file_request[(fid, choice[job_id][0]
-                                                                 .local_endpoints[0])]}
-                     for job_id in moved for fid in choice[job_id][1]]
-            if links:
-                s.connection().execute(
-                    update(JobFile.__table__)
-                    .where(JobFile.job_id == bindparam("j"), JobFile.file_id == bindparam("f"),
-                           JobFile.type == "in")
-                    .values(request_id=bindparam("r")), links)
+            link_requests(s, [(job_id, fid, file_request[(fid, choice[job_id][0]
+                                                           .local_endpoints[0])])
+                              for job_id in moved for fid in choice[job_id][1]])
 
 
 def _tasks_ready(s, task_ids: set[int], now: datetime) -> None:

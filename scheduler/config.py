@@ -11,6 +11,9 @@ class SchedulerConfig:
     heartbeat_s: int = 1800  # how often pilots heartbeat (PanDA: 30 min)
     heartbeat_timeout_s: int = 7200  # running with no heartbeat -> failed (lost heartbeat)
     sent_timeout_s: int = 1800  # sent with no word from the pilot -> failed
+    waiting_timeout_s: int = 14400  # no queue could take it (PanDA: defined 4 h)
+    assigned_timeout_s: int = 43200  # its inputs did not arrive (PanDA: 12 h)
+    activated_timeout_s: int = 172800  # no pilot took it (PanDA: 2 d)
     broker_bunch: int = 500  # jobs brokered per cycle
     activator_bunch: int = 2000
     default_max_attempts: int = 3

@@ -18,7 +18,7 @@ from typing import Any
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from dawms.catalog.models import Job, JobFile, StorageEndpoint
+from dawms.catalog.models import Job, JobFile, StorageEndpoint, Task
 from dawms.catalog.states import JOB_FINAL, Entity, JobState
 from dawms.catalog.transition import StaleState, transition
 from dawms.ddm_bridge.abc import DDM, FileInfo, RegistrationError
@@ -39,6 +39,7 @@ PATHS: dict[tuple[str, str], list[JobState]] = {
     ("running", "holding"): [JobState.HOLDING],
     ("running", "transferring"): [JobState.TRANSFERRING],
     ("holding", "finished"): [],
+    ("transferring", "finished"): [],
 }
 
 
@@ -50,7 +51,13 @@ class BadReport(ValueError):
     """The report itself is malformed; nothing changed."""
 
 
-def _fenced(session: Session, job_id: int, attempt: int, token: str) -> Job:
+def _fenced(session: Session, job_id: int, attempt: int, token: str,
+            lock_task: bool = False) -> Job:
+    if lock_task:  # a final report may retry: take the task first, as a task kill does
+        task_id = session.scalar(select(Job.task_id).where(Job.id == job_id))
+        if task_id is not None:
+            session.execute(select(Task.id).where(Task.id == task_id)
+                            .with_for_update(read=True))
     job = session.get(Job, job_id, with_for_update=True)
     if job is None:
         raise StaleReport(f"job {job_id} does not exist")
@@ -75,7 +82,8 @@ def pilot_update(session: Session, ddm: DDM, report: dict[str, Any],
     if state not in REPORTABLE:
         raise BadReport(f"a pilot may not report {state.value}; it may report "
                         f"{sorted(s.value for s in REPORTABLE)}")
-    job = _fenced(session, job_id, attempt, token)
+    job = _fenced(session, job_id, attempt, token,
+                  lock_task=state in (JobState.FAILED, JobState.FINISHED))
     metrics = {**(job.metrics or {}), **(report.get("metrics") or {})}
     session.execute(update(Job).where(Job.id == job.id)
                     .values(heartbeat_at=now, metrics=metrics))
@@ -93,7 +101,11 @@ def pilot_update(session: Session, ddm: DDM, report: dict[str, Any],
     current = job.state
     reply = {"command": job.command}
     if state == JobState.FAILED:
-        _register(session, ddm, job, report, types=("log",), required=False)
+        try:  # a failed job's log is welcome, but its failure is recorded regardless
+            _register(session, ddm, job, report, types=("log",), required=False)
+        except RegistrationError as exc:
+            report = {**report, "error_diag": f"{report.get('error_diag', '')} "
+                                              f"(log not registered: {exc})".strip()}
         killed = job.command == KILL  # the pilot obeyed a kill: cancelled, never retried
         step(current, JobState.CANCELLED if killed else JobState.FAILED,
              "killed on request" if killed else report.get("error_diag", "")[:500],
@@ -151,7 +163,8 @@ def _register(session: Session, ddm: DDM, job: Job, report: dict[str, Any],
         by_dataset.setdefault(jf.dataset, []).append((jf, info))
     if by_dataset and endpoint is None:
         raise RegistrationError(f"job {job.id} has no output endpoint")
-    for did, pairs in by_dataset.items():
-        registered = ddm.register_outputs(session, did, [i for _, i in pairs], endpoint)
-        for (jf, info), f in zip(pairs, registered, strict=True):
-            jf.file_id, jf.size, jf.adler32 = f.id, info.size, info.adler32
+    with session.begin_nested():  # all of the job's outputs, or none of them
+        for did, pairs in by_dataset.items():
+            registered = ddm.register_outputs(session, did, [i for _, i in pairs], endpoint)
+            for (jf, info), f in zip(pairs, registered, strict=True):
+                jf.file_id, jf.size, jf.adler32 = f.id, info.size, info.adler32

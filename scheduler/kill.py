@@ -44,12 +44,17 @@ def kill_jobs(session: Session, job_ids: Iterable[int], *, actor: str, reason: s
                                       expected=state, actor=actor, reason=why, now=now,
                                       values={"error_category": "killed", "error_diag": why}):
             result[job_id] = JobState.CANCELLED.value
-    if held:
-        session.execute(update(Job).where(Job.id.in_(held),
-                                          Job.state.in_(list(JOB_WITH_PILOT)))
-                        .values(command=KILL, error_diag=why[:4000]))
-        for job_id in held:
-            result[job_id] = KILL
+    # jobs a pilot holds, including queued ones a pilot claimed a moment ago
+    pending = held + [i for group in queued.values() for i in group
+                      if result[i] != JobState.CANCELLED.value]
+    if pending:
+        told = set(session.scalars(
+            update(Job).where(Job.id.in_(pending), Job.state.in_(list(JOB_WITH_PILOT)))
+            .values(command=KILL, error_diag=why[:4000]).returning(Job.id)))
+        states = dict(session.execute(select(Job.id, Job.state)
+                                      .where(Job.id.in_(pending))).all())
+        for job_id in pending:
+            result[job_id] = KILL if job_id in told else states[job_id]
     return result
 
 
@@ -57,7 +62,7 @@ def kill_task(session: Session, task_id: int, *, actor: str, reason: str = "",
               now: datetime | None = None) -> dict[int, str]:
     """Abort the task and kill its jobs; LookupError for an unknown task."""
     now = now or datetime.now(UTC)
-    task = session.get(Task, task_id)
+    task = session.get(Task, task_id, with_for_update=True)  # retries wait for us
     if task is None:
         raise LookupError(f"no task {task_id}")
     if task.state in TASK_FINAL:

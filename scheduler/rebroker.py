@@ -28,8 +28,13 @@ def reassign_jobs(session: Session, job_ids: Iterable[int], *, actor: str,
                   queue: str | None = None, now: datetime | None = None) -> dict[int, str]:
     """Rebroker each queued job; returns per job "-> <new job id>" or why it stayed."""
     now = now or datetime.now(UTC)
-    if queue is not None and session.scalar(select(Queue.id).where(Queue.name == queue)) is None:
-        raise LookupError(f"no queue named {queue!r}")
+    if queue is not None:
+        status = session.scalar(select(Queue.status).where(Queue.name == queue))
+        if status is None:
+            raise LookupError(f"no queue named {queue!r}")
+        if status != "online":
+            raise ValueError(f"queue {queue} is {status}; jobs can only be sent to an "
+                             "online queue")
     ids = list(dict.fromkeys(job_ids))
     jobs = {j.id: j for j in session.scalars(select(Job).where(Job.id.in_(ids)))}
     result = {i: "unknown" for i in ids if i not in jobs}

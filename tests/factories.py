@@ -1,15 +1,19 @@
-"""Factories for tests: site files, datasets with real bytes."""
+"""Factories for tests: site files, datasets with real bytes, pilots' claims and reports."""
 
 from __future__ import annotations
 
 import random
+import zlib
+from datetime import datetime
 from pathlib import Path
 
 from sqlalchemy import select
 
 from dawms.catalog.db import Database
-from dawms.catalog.models import StorageEndpoint
+from dawms.catalog.models import Queue, StorageEndpoint
+from dawms.catalog.transition import claim_jobs
 from dawms.ddm_bridge.local import LocalDDM
+from dawms.scheduler.job import pilot_update
 
 
 def site_config(root: Path, names: list[str], **queue: object) -> dict:
@@ -39,3 +43,32 @@ def make_dataset(db: Database, ddm: LocalDDM, did: str, endpoint: str, n: int,
         ep = s.scalar(select(StorageEndpoint).where(StorageEndpoint.name == endpoint))
         ddm.upload(s, did, paths, ep)
     return paths
+
+
+def claim(db: Database, now: datetime, pilot: str = "pilot-1") -> dict[int, tuple[dict, dict]]:
+    """Claim every activated job of SITE_A_PROD: job id -> (report fence, spec)."""
+    with db.session() as s:
+        qid = s.scalar(select(Queue.id).where(Queue.name == "SITE_A_PROD"))
+        rows = claim_jobs(s, qid, 100, pilot, now=now)
+    return {j: ({"job_id": j, "attempt": a, "lease_token": t}, spec) for j, a, t, spec in rows}
+
+
+def report(db: Database, ddm: LocalDDM, fence: dict, state: str, now: datetime,
+           **extra: object) -> dict:
+    with db.session() as s:
+        return pilot_update(s, ddm, {**fence, "state": state, **extra}, now=now)
+
+
+def write_outputs(spec: dict) -> list[dict]:
+    out = []
+    for entry in [*spec["outputs"], spec["log"]]:
+        path = Path(entry["url"].removeprefix("file://"))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        data = entry["lfn"].encode() * 7
+        path.write_bytes(data)
+        out.append({"lfn": entry["lfn"], "size": len(data), "adler32": f"{zlib.adler32(data):08x}"})
+    return out
+
+
+def finish(db: Database, ddm: LocalDDM, fence: dict, spec: dict, now: datetime) -> None:
+    report(db, ddm, fence, "finished", now, exit_code=0, outputs=write_outputs(spec))

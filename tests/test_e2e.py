@@ -18,7 +18,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from dawms.catalog.db import Database
 from dawms.catalog.models import File, Job, JobFile, Replica, StateHistory, StorageEndpoint
@@ -98,6 +98,24 @@ def test_whole_flow_with_replication(db: Database, ddm: LocalDDM, server: str,
             assert steps[:6] == ["defined", "assigned", "activated", "sent", "starting",
                                  "running"]
             assert steps[-1] == "finished"
+            # ...and not before each input's copy at its site was recorded available
+            activated_at = s.scalar(select(StateHistory.at).where(
+                StateHistory.entity == "job", StateHistory.entity_id == job_id,
+                StateHistory.to_state == "activated"))
+            job = s.get(Job, job_id)
+            site_disk = f"{job.spec['queue'].removesuffix('_PROD')}_DISK"
+            arrived = s.scalars(
+                select(StateHistory.at)
+                .join(Replica, Replica.id == StateHistory.entity_id)
+                .join(StorageEndpoint, StorageEndpoint.id == Replica.endpoint_id)
+                .join(JobFile, JobFile.file_id == Replica.file_id)
+                .where(StateHistory.entity == "replica", StateHistory.to_state == "available",
+                       StorageEndpoint.name == site_disk, JobFile.job_id == job_id,
+                       JobFile.type == "in")).all()
+            n_inputs = s.scalar(select(func.count()).select_from(JobFile).where(
+                JobFile.job_id == job_id, JobFile.type == "in"))
+            assert len(arrived) >= 1 and len(arrived) <= n_inputs
+            assert max(arrived) <= activated_at
 
 
 def test_dead_pilot_attempt_is_retried_and_fenced(db: Database, ddm: LocalDDM, server: str,

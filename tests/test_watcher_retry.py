@@ -7,7 +7,6 @@ their outputs on the ``file://`` endpoint first), on both database backends.
 
 from __future__ import annotations
 
-import zlib
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -15,15 +14,14 @@ import pytest
 from sqlalchemy import func, select
 
 from dawms.catalog.db import Database
-from dawms.catalog.models import File, Job, JobFile, Queue, StateHistory, Task
-from dawms.catalog.transition import claim_jobs
+from dawms.catalog.models import File, Job, JobFile, StateHistory, Task
 from dawms.ddm_bridge.local import LocalDDM
 from dawms.scheduler import broker, finisher, refiner, watcher
 from dawms.scheduler.config import SchedulerConfig
 from dawms.scheduler.finisher import task_outcome
 from dawms.scheduler.job import StaleReport, pilot_update
 from dawms.scheduler.task import submit
-from factories import make_dataset
+from factories import claim, finish, make_dataset, report, write_outputs
 
 T0 = datetime(2030, 3, 1, 12, 0, tzinfo=UTC)
 CFG = SchedulerConfig(sent_timeout_s=300, heartbeat_timeout_s=600)
@@ -43,35 +41,6 @@ def setup_task(db: Database, ddm: LocalDDM, tmp: Path, n_files: int, max_attempt
     refiner.run_once(db, ddm, now=T0)
     broker.run_once(db, ddm, CFG, now=T0)
     return task_id
-
-
-def claim(db: Database, now: datetime, pilot: str = "pilot-1") -> dict[int, tuple[dict, dict]]:
-    """Claim every activated job of SITE_A_PROD: job id -> (report fence, spec)."""
-    with db.session() as s:
-        qid = s.scalar(select(Queue.id).where(Queue.name == "SITE_A_PROD"))
-        rows = claim_jobs(s, qid, 100, pilot, now=now)
-    return {j: ({"job_id": j, "attempt": a, "lease_token": t}, spec) for j, a, t, spec in rows}
-
-
-def report(db: Database, ddm: LocalDDM, fence: dict, state: str, now: datetime,
-           **extra: object) -> dict:
-    with db.session() as s:
-        return pilot_update(s, ddm, {**fence, "state": state, **extra}, now=now)
-
-
-def write_outputs(spec: dict) -> list[dict]:
-    out = []
-    for entry in [*spec["outputs"], spec["log"]]:
-        path = Path(entry["url"].removeprefix("file://"))
-        path.parent.mkdir(parents=True, exist_ok=True)
-        data = entry["lfn"].encode() * 7
-        path.write_bytes(data)
-        out.append({"lfn": entry["lfn"], "size": len(data), "adler32": f"{zlib.adler32(data):08x}"})
-    return out
-
-
-def finish(db: Database, ddm: LocalDDM, fence: dict, spec: dict, now: datetime) -> None:
-    report(db, ddm, fence, "finished", now, exit_code=0, outputs=write_outputs(spec))
 
 
 def lfns(s, job_id: int) -> dict[str, str]:  # type: ignore[no-untyped-def]
