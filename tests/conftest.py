@@ -108,7 +108,7 @@ def server(db: Database, tmp_path: Path) -> Iterator[str]:
     port = _free_port()
     env = {**os.environ, "DAWMS_DB_URL": db.url, "DAWMS_HEARTBEAT_S": "1",
            "DAWMS_INTERVAL_S": "1", "DAWMS_TRANSFER_INTERVAL_S": "0.5",
-           "DAWMS_SENT_TIMEOUT_S": "20", "DAWMS_HEARTBEAT_TIMEOUT_S": "4"}
+           "DAWMS_SENT_TIMEOUT_S": "30", "DAWMS_HEARTBEAT_TIMEOUT_S": "8"}
     log = open(tmp_path / "server.log", "wb")  # noqa: SIM115 (closed after the yield)
     proc = subprocess.Popen([sys.executable, "-m", "dawms", "server", "--port", str(port)],
                             env=env, stdout=log, stderr=subprocess.STDOUT,
