@@ -130,17 +130,31 @@ def cmd_data_upload(args: argparse.Namespace, st: Settings) -> int:
 
     from dawms.catalog.db import Database
     from dawms.catalog.models import StorageEndpoint
+    from dawms.ddm_bridge.abc import RegistrationError, split_did
     from dawms.ddm_bridge.local import LocalDDM
 
+    try:
+        split_did(args.dataset)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     db = Database(st.db_url)
     db.upgrade()
-    with db.session() as s:
-        ep = s.scalar(select(StorageEndpoint).where(StorageEndpoint.name == args.endpoint))
-        if ep is None:
-            print(f"error: no endpoint {args.endpoint}", file=sys.stderr)
-            return 2
-        files = LocalDDM().upload(s, args.dataset, args.files, ep)
-        print(f"{len(files)} files in {args.dataset} at {args.endpoint}")
+    try:
+        with db.session() as s:
+            ep = s.scalar(select(StorageEndpoint).where(StorageEndpoint.name == args.endpoint))
+            if ep is None:
+                print(f"error: no endpoint {args.endpoint}", file=sys.stderr)
+                return 2
+            files = LocalDDM().upload(s, args.dataset, args.files, ep)
+    except OSError as exc:
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"error: {where}{exc.strerror or exc}; nothing was registered", file=sys.stderr)
+        return 2
+    except RegistrationError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"{len(files)} files in {args.dataset} at {args.endpoint}")
     return 0
 
 

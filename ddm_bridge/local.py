@@ -108,18 +108,52 @@ class LocalDDM(DDM):
 
     def upload(self, session: Session, did: str, paths: Iterable[str | Path],
                endpoint: StorageEndpoint) -> list[File]:
-        """Copy local files onto ``endpoint`` (checksummed on the way) and register them."""
+        """Copy local files onto ``endpoint`` (checksummed on the way) and register them.
+
+        Every file is checksummed before a byte moves: a name already registered with
+        other bytes (or given twice with different bytes) is refused and nothing is
+        written, so a registered replica is never overwritten. Each copy goes to a
+        temporary name next to its destination and is renamed into place only once
+        complete and verified. Uploading the same bytes again changes nothing.
+        """
         scope, _ = split_did(did)
-        infos = []
-        for path in paths:
-            name = Path(path).name
-            dst = self.pfn(endpoint, scope, name)
-            fs, dst_path = fsspec.core.url_to_fs(dst)
-            fs.makedirs(posixpath.dirname(dst_path), exist_ok=True)
-            with open(path, "rb") as src, fs.open(dst_path, "wb") as out:
+        sources: dict[str, tuple[Path, FileInfo]] = {}
+        for path in map(Path, paths):
+            with open(path, "rb") as src:
+                size, adler = stream_copy(src)
+            info = FileInfo(scope=scope, name=path.name, size=size, adler32=adler)
+            if (seen := sources.get(info.name)) and \
+                    (seen[1].size, seen[1].adler32) != (size, adler):
+                raise RegistrationError(f"{seen[0]} and {path} are both {scope}:{info.name} "
+                                        "but differ; nothing was uploaded")
+            sources[info.name] = (path, info)
+        known = session.execute(select(File.name, File.size, File.adler32).where(
+            File.scope == scope, File.name.in_(list(sources)))).all()
+        if conflicts := [f"{scope}:{name} is already registered with size {size} adler32 "
+                         f"{adler}, not {sources[name][1].size} {sources[name][1].adler32}"
+                         for name, size, adler in known
+                         if (size, adler) != (sources[name][1].size, sources[name][1].adler32)]:
+            raise RegistrationError("; ".join(conflicts) + "; nothing was uploaded")
+        for path, info in sources.values():
+            self._put(path, info, endpoint)
+        return self.add_files(session, did, [i for _, i in sources.values()], endpoint)
+
+    def _put(self, path: Path, info: FileInfo, endpoint: StorageEndpoint) -> None:
+        """Copy ``path`` to its place on ``endpoint`` through a temporary name."""
+        fs, dst = fsspec.core.url_to_fs(self.pfn(endpoint, info.scope, info.name))
+        fs.makedirs(posixpath.dirname(dst), exist_ok=True)
+        tmp = f"{dst}.upload-{uuid.uuid4().hex[:12]}"
+        try:
+            with open(path, "rb") as src, fs.open(tmp, "wb") as out:
                 size, adler = stream_copy(src, out)
-            infos.append(FileInfo(scope=scope, name=name, size=size, adler32=adler))
-        return self.add_files(session, did, infos, endpoint)
+            if (size, adler) != (info.size, info.adler32):
+                raise RegistrationError(f"{path} changed while it was uploaded "
+                                        f"({info.size} {info.adler32} -> {size} {adler})")
+            fs.mv(tmp, dst)
+        except BaseException:
+            if fs.exists(tmp):
+                fs.rm(tmp)
+            raise
 
     # ------------------------------------------------------------- requests
     def request_replication(self, session: Session, files: list[File],

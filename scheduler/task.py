@@ -24,6 +24,7 @@ input dataset the DDM does not know is such a problem.
 
 from __future__ import annotations
 
+import math
 import string
 from datetime import UTC, datetime
 from typing import Any
@@ -35,15 +36,33 @@ from dawms.catalog.states import Entity, TaskState
 from dawms.catalog.transition import record_created
 from dawms.ddm_bridge.abc import DDM, UnknownDataset, split_did
 
+from .naming import log_lfn, output_lfn
+
 PLACEHOLDERS = {"inputs", "output", "outputs", "job_id", "attempt"}
 _TOP = {"name", "owner", "transformation", "input_datasets", "output_dataset", "log_dataset",
         "split", "resources", "retry", "priority", "share"}
 _SPLIT = {"files_per_job": int, "gb_per_job": (int, float)}
 _RESOURCES = {"cores": 1, "memory_mb": 2000, "walltime_s": 3600, "disk_mb": 1000}
+# the catalog's column sizes (catalog/models.py): longer values cannot be stored
+MAX_LEN = {"name": 255, "owner": 128, "share": 64, "output_dataset": 255, "log_dataset": 255}
+MAX_SCOPE = 64  # Dataset.scope, File.scope
+MAX_LFN = 255  # File.name, JobFile.lfn
+INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1  # priority and resources are INTEGER columns
+MAX_FILES_PER_JOB = 10**6
+MAX_BYTES = 2**63 - 1  # sizes are BIGINT
+MAX_ATTEMPTS = 100
+# what naming.py appends to a dataset's name to name its files (6-digit index, last attempt)
+_LFN_SUFFIX = {"output_dataset": len(output_lfn("s:n", 0, MAX_ATTEMPTS)) - 1,
+               "log_dataset": len(log_lfn("s:n", 0, MAX_ATTEMPTS)) - 1}
+_TASK_ID = "9" * len(str(INT32_MAX))  # the widest id {task_id} can become (task.id is INTEGER)
 
 
 class TaskSpecError(ValueError):
     """The task spec is invalid; the message lists every problem."""
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _check_template(text: str, allowed: set[str], what: str, errors: list[str]) -> None:
@@ -54,6 +73,29 @@ def _check_template(text: str, allowed: set[str], what: str, errors: list[str]) 
         return
     if bad := fields - allowed:
         errors.append(f"{what}: unknown placeholders {sorted(bad)}; allowed {sorted(allowed)}")
+
+
+def _check_did(did: str, what: str, errors: list[str]) -> None:
+    """``did`` must be scope:name with a short scope and (outputs) file names that fit."""
+    try:
+        scope, name = split_did(did)
+    except ValueError as exc:
+        errors.append(f"{what}: {exc}")
+        return
+    scope, name = scope.replace("{task_id}", _TASK_ID), name.replace("{task_id}", _TASK_ID)
+    if len(scope) > MAX_SCOPE:
+        errors.append(f"{what}: scope is {len(scope)} characters; at most {MAX_SCOPE}")
+    if what in _LFN_SUFFIX and len(name) + _LFN_SUFFIX[what] > MAX_LFN:
+        errors.append(f"{what}: name is {len(name)} characters; at most "
+                      f"{MAX_LFN - _LFN_SUFFIX[what]} so its file names fit in {MAX_LFN}")
+
+
+def _check_int(value: Any, what: str, lo: int, hi: int, errors: list[str]) -> bool:
+    if not _is_int(value) or not lo <= value <= hi:
+        errors.append(f"{what} must be a positive integer of at most {hi}" if lo == 1
+                      else f"{what} must be an integer from {lo} to {hi}")
+        return False
+    return True
 
 
 def validate(spec: dict[str, Any], ddm: DDM | None = None,
@@ -67,15 +109,19 @@ def validate(spec: dict[str, Any], ddm: DDM | None = None,
     for key in ("name", "transformation", "output_dataset"):
         if not isinstance(spec.get(key), str) or not spec.get(key):
             errors.append(f"{key} is required and must be a non-empty string")
+    for key in ("log_dataset", "owner", "share"):
+        if spec.get(key) is not None and not isinstance(spec[key], str):
+            errors.append(f"{key} must be a string, not {type(spec[key]).__name__}")
     inputs = spec.get("input_datasets")
     if not isinstance(inputs, list) or not inputs or not all(isinstance(d, str) for d in inputs):
         errors.append("input_datasets must be a non-empty list of 'scope:name'")
         inputs = []
     for did in inputs:
-        try:
-            split_did(did)
-        except ValueError as exc:
-            errors.append(str(exc))
+        if len(did) > MAX_LEN["output_dataset"]:
+            errors.append(f"input dataset {did[:40]!r}... is longer than "
+                          f"{MAX_LEN['output_dataset']} characters")
+        else:
+            _check_did(did, "input_datasets", errors)
     if isinstance(spec.get("transformation"), str):
         _check_template(spec["transformation"], PLACEHOLDERS, "transformation", errors)
     out_ds = spec.get("output_dataset") or ""
@@ -83,10 +129,16 @@ def validate(spec: dict[str, Any], ddm: DDM | None = None,
     for key, value in (("output_dataset", out_ds), ("log_dataset", log_ds)):
         if isinstance(value, str) and value:
             _check_template(value, {"task_id"}, key, errors)
-            try:
-                split_did(value.replace("{task_id}", "0"))
-            except ValueError as exc:
-                errors.append(f"{key}: {exc}")
+            expanded = len(value.replace("{task_id}", _TASK_ID))
+            if expanded > MAX_LEN[key]:
+                errors.append(f"{key} is {expanded} characters with {{task_id}} filled in; "
+                              f"at most {MAX_LEN[key]}")
+            else:
+                _check_did(value, key, errors)
+    for key in ("name", "owner", "share"):
+        value = spec.get(key)
+        if isinstance(value, str) and len(value) > MAX_LEN[key]:
+            errors.append(f"{key} is {len(value)} characters; at most {MAX_LEN[key]}")
     split = spec.get("split", {"files_per_job": 1})
     if not isinstance(split, dict) or not split:
         errors.append("split must be a table with files_per_job and/or gb_per_job")
@@ -94,23 +146,35 @@ def validate(spec: dict[str, Any], ddm: DDM | None = None,
     for key, value in split.items():
         if key not in _SPLIT:
             errors.append(f"split: unknown rule {key!r}; known {sorted(_SPLIT)}")
-        elif not isinstance(value, _SPLIT[key]) or isinstance(value, bool) or value <= 0:
+        elif not isinstance(value, _SPLIT[key]) or isinstance(value, bool) \
+                or not math.isfinite(value) or value <= 0:
             errors.append(f"split.{key} must be a positive number")
+        elif key == "gb_per_job" and not 1 <= value * 1e9 <= MAX_BYTES:
+            errors.append(f"split.gb_per_job = {value} must give from 1 byte to "
+                          f"{MAX_BYTES / 1e9:.3g} GB per job")
+        elif key == "files_per_job" and value > MAX_FILES_PER_JOB:
+            errors.append(f"split.files_per_job must be at most {MAX_FILES_PER_JOB}")
     resources = dict(_RESOURCES)
-    for key, value in (spec.get("resources") or {}).items():
+    given = spec.get("resources")
+    if given is not None and not isinstance(given, dict):
+        errors.append("resources must be a table of "
+                      + ", ".join(f"{k} = <int>" for k in _RESOURCES))
+        given = {}
+    for key, value in (given or {}).items():
         if key not in _RESOURCES:
             errors.append(f"resources: unknown key {key!r}; known {sorted(_RESOURCES)}")
-        elif not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-            errors.append(f"resources.{key} must be a positive integer")
-        else:
+        elif _check_int(value, f"resources.{key}", 1, INT32_MAX, errors):
             resources[key] = value
-    retry = {"max_attempts": 3, **(spec.get("retry") or {})}
-    if set(retry) - {"max_attempts"} or not isinstance(retry["max_attempts"], int) \
-            or retry["max_attempts"] < 1:
-        errors.append("retry must be {max_attempts = <int >= 1>}")
+    given = spec.get("retry")
+    if given is not None and not isinstance(given, dict):
+        errors.append("retry must be a table {max_attempts = <int>}")
+        given = {}
+    retry = {"max_attempts": 3, **(given or {})}
+    if unknown := set(retry) - {"max_attempts"}:
+        errors.append(f"retry: unknown keys {sorted(unknown)}; known ['max_attempts']")
+    _check_int(retry["max_attempts"], "retry.max_attempts", 1, MAX_ATTEMPTS, errors)
     priority = spec.get("priority", 500)
-    if not isinstance(priority, int) or isinstance(priority, bool):
-        errors.append("priority must be an integer")
+    _check_int(priority, "priority", INT32_MIN, INT32_MAX, errors)
     if not errors and ddm is not None and session is not None:
         for did in inputs:
             try:
@@ -120,11 +184,11 @@ def validate(spec: dict[str, Any], ddm: DDM | None = None,
                 errors.append(str(exc))
     if errors:
         raise TaskSpecError("invalid task spec: " + "; ".join(errors))
-    return {"name": spec["name"], "owner": spec.get("owner", "unknown"),
+    return {"name": spec["name"], "owner": spec.get("owner") or "unknown",
             "transformation": spec["transformation"], "input_datasets": list(inputs),
             "output_dataset": out_ds, "log_dataset": log_ds, "split": split,
             "resources": resources, "retry": retry, "priority": priority,
-            "share": spec.get("share", "production")}
+            "share": spec.get("share") or "production"}
 
 
 def submit(session: Session, spec: dict[str, Any], ddm: DDM, *, owner: str | None = None,
@@ -132,6 +196,9 @@ def submit(session: Session, spec: dict[str, Any], ddm: DDM, *, owner: str | Non
     """Validate ``spec`` (inputs must exist in the DDM) and register the task."""
     clean = validate(spec, ddm, session)
     if owner:
+        if len(owner) > MAX_LEN["owner"]:
+            raise TaskSpecError(f"invalid task spec: owner is {len(owner)} characters; "
+                                f"at most {MAX_LEN['owner']}")
         clean["owner"] = owner
     now = now or datetime.now(UTC)
     task = Task(state=TaskState.REGISTERED, created_at=now, updated_at=now, **clean)
@@ -140,5 +207,5 @@ def submit(session: Session, spec: dict[str, Any], ddm: DDM, *, owner: str | Non
     task.output_dataset = task.output_dataset.replace("{task_id}", str(task.id))
     task.log_dataset = task.log_dataset.replace("{task_id}", str(task.id))
     record_created(session, Entity.TASK, [(task.id, None)], TaskState.REGISTERED,
-                   actor=f"user:{task.owner}", reason="submitted", now=now)
+                   actor=f"user:{task.owner}"[:128], reason="submitted", now=now)
     return task

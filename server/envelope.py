@@ -1,16 +1,27 @@
-"""Replies and errors in one shape; our exceptions mapped to HTTP codes in one place."""
+"""Replies and errors in one shape; our exceptions mapped to HTTP codes in one place.
+
+Bad input is a 4xx with a message, never a 500, on every backend: a value the
+database refuses (too long for its column, out of range: ``DataError`` on
+PostgreSQL, ``OverflowError`` from sqlite3 for an int beyond 64 bits) is a 400
+``invalid value: ...``, and an integer path or query parameter beyond 64 bits is
+refused (422) before the endpoint runs, so it never reaches the database.
+"""
 
 from __future__ import annotations
 
+import typing
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import DataError
 
 from dawms.ddm_bridge.abc import DDMError
 from dawms.scheduler.job import BadReport, StaleReport
 from dawms.scheduler.task import TaskSpecError
+
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 
 
 def ok(data: Any = None, message: str = "") -> dict[str, Any]:
@@ -32,7 +43,54 @@ ERRORS: list[tuple[type[Exception], int]] = [
 ]
 
 
+# what the database raises for a value it cannot hold (see db_error)
+DB_ERRORS: tuple[type[Exception], ...] = (DataError, OverflowError)
+
+
+def db_error(exc: BaseException) -> str | None:
+    """``invalid value: ...`` if the database refused a value of the request, else None.
+
+    The one place that says which database errors are the caller's bad input.
+    """
+    if isinstance(exc, DataError):
+        first = (str(exc.orig) if exc.orig is not None else str(exc)).strip().splitlines()
+        return f"invalid value: {first[0] if first else type(exc.orig).__name__}"
+    if isinstance(exc, OverflowError):  # sqlite3 binding an int beyond 64 bits
+        return f"invalid value: {exc}"
+    return None
+
+
+def _is_int_param(annotation: Any) -> bool:
+    return annotation is int or int in typing.get_args(annotation)
+
+
+def _int64_params(request: Request) -> None:
+    """Refuse integer path and query parameters that no catalog column can hold."""
+    route = request.scope.get("route")
+    dependant = getattr(route, "dependant", None)
+    if dependant is None:
+        return
+    problems = []
+    for where, params, raw in (("path", dependant.path_params, request.path_params),
+                               ("query", dependant.query_params, request.query_params)):
+        for param in params:
+            value = raw.get(param.alias)
+            if value is None or not _is_int_param(param.field_info.annotation):
+                continue
+            try:
+                number = int(value)
+            except ValueError:
+                continue  # not a number at all: FastAPI's own validation says so
+            if not INT64_MIN <= number <= INT64_MAX:
+                problems.append({"loc": (where, param.alias), "type": "less_than_equal",
+                                 "msg": f"must be from {INT64_MIN} to {INT64_MAX}",
+                                 "input": value})
+    if problems:
+        raise RequestValidationError(problems)
+
+
 def install(app: FastAPI) -> None:
+    """Error handlers and the 64-bit check; call before including the routers."""
     def _reply(status: int, message: str) -> JSONResponse:
         return JSONResponse({"success": False, "message": message, "data": None},
                             status_code=status)
@@ -40,6 +98,10 @@ def install(app: FastAPI) -> None:
     for exc_type, status in ERRORS:
         app.add_exception_handler(
             exc_type, lambda _r, exc, status=status: _reply(status, str(exc)))
+    for exc_type in DB_ERRORS:
+        app.add_exception_handler(exc_type, lambda _r, exc: _reply(400, db_error(exc) or ""))
+    # applies to every route included after this (app.py includes the routers next)
+    app.router.dependencies.append(Depends(_int64_params))
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:

@@ -3,6 +3,8 @@
 ``acquire_jobs`` is the hot path: one claim statement returning the dispatch
 data prepared at activation, no ORM object graph. Updates are fenced by
 ``(job_id, attempt, lease_token)``: a stale one gets 409 and changes nothing.
+In a bulk update each report stands alone: one that is stale, malformed, refused
+by the DDM or by the database is answered for itself and rolled back alone.
 """
 
 from __future__ import annotations
@@ -17,9 +19,10 @@ from sqlalchemy import func, select
 from dawms.catalog.models import Job, Queue
 from dawms.catalog.states import JOB_QUEUED
 from dawms.catalog.transition import claim_jobs
+from dawms.ddm_bridge.abc import DDMError
 from dawms.scheduler.job import StaleReport, pilot_update
 
-from .envelope import NotFound, ok
+from .envelope import DB_ERRORS, NotFound, db_error, ok
 from .schemas import AcquireJobs, Envelope, JobUpdate, JobUpdates
 
 router = APIRouter(prefix="/api/v1/pilot", tags=["pilot"])
@@ -74,7 +77,10 @@ def update_jobs_bulk(body: JobUpdates, request: Request) -> dict[str, Any]:
     for update in body.updates:
         try:
             results.append({"job_id": update.job_id, "success": True, **_apply(request, update)})
-        except (StaleReport, ValueError) as exc:
+        except (StaleReport, ValueError, DDMError) as exc:
             results.append({"job_id": update.job_id, "success": False, "message": str(exc),
                             "stale": isinstance(exc, StaleReport)})
+        except DB_ERRORS as exc:
+            results.append({"job_id": update.job_id, "success": False,
+                            "message": db_error(exc), "stale": False})
     return ok(results)

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import BaseModel, Field
+
+# ids, attempts and sizes must fit the catalog's BIGINT (the widest integer column);
+# strings are bounded by their columns (catalog/models.py)
+INT64_MAX = 2**63 - 1
+Id = Annotated[int, Field(ge=1, le=INT64_MAX)]
 
 
 class Envelope(BaseModel):
@@ -16,26 +21,26 @@ class Envelope(BaseModel):
 
 
 class AcquireJobs(BaseModel):
-    queue: str = Field(description="the queue the pilot serves")
-    pilot_id: str = Field(description="who asks: host, pid, a unique id")
+    queue: str = Field(max_length=128, description="the queue the pilot serves")
+    pilot_id: str = Field(max_length=255, description="who asks: host, pid, a unique id")
     n_jobs: int = Field(1, ge=1, le=100)
 
 
 class OutputFile(BaseModel):
-    lfn: str
-    type: str = "out"
-    size: int = Field(ge=0)
+    lfn: str = Field(max_length=255)
+    type: str = Field("out", max_length=8)
+    size: int = Field(ge=0, le=INT64_MAX)
     adler32: str = Field(pattern=r"^[0-9a-fA-F]{8}$")
 
 
 class JobUpdate(BaseModel):
-    job_id: int
-    attempt: int
-    lease_token: str
-    state: str
+    job_id: Id
+    attempt: Id
+    lease_token: str = Field(max_length=64)
+    state: str = Field(max_length=16)
     metrics: dict[str, Any] = Field(default_factory=dict)
-    exit_code: int | None = None
-    error_category: str = ""
+    exit_code: int | None = Field(None, ge=-(2**31), le=2**31 - 1)
+    error_category: str = Field("", max_length=32)
     error_diag: str = ""
     outputs: list[OutputFile] = Field(default_factory=list)
 
@@ -49,28 +54,28 @@ class DDMEventIn(BaseModel):
 
     source: str = Field("http", max_length=32)
     dedup_key: str = Field(max_length=255, description="the same event sent twice is kept once")
-    outcome: str = Field(description="done | failed | cancelled")
-    request_id: int | None = None
-    external_id: str | None = None
+    outcome: str = Field(max_length=16, description="done | failed | cancelled")
+    request_id: Id | None = None
+    external_id: str | None = Field(None, max_length=64)
     error: str = ""
 
 
 class KillJobs(BaseModel):
-    job_ids: list[int] = Field(min_length=1, max_length=100000)
-    reason: str = ""
+    job_ids: list[Id] = Field(min_length=1, max_length=100000)
+    reason: str = Field("", max_length=2000)
 
 
 class KillTask(BaseModel):
-    task_id: int
-    reason: str = ""
+    task_id: Id
+    reason: str = Field("", max_length=2000)
 
 
 class ReassignJobs(BaseModel):
-    job_ids: list[int] = Field(min_length=1, max_length=100000)
-    queue: str | None = Field(None, description="send them here; default: anywhere but "
-                                                "where they are")
+    job_ids: list[Id] = Field(min_length=1, max_length=100000)
+    queue: str | None = Field(None, max_length=128,
+                              description="send them here; default: anywhere but where they are")
 
 
 class ReassignTask(BaseModel):
-    task_id: int
-    queue: str | None = None
+    task_id: Id
+    queue: str | None = Field(None, max_length=128)
