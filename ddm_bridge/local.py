@@ -189,20 +189,21 @@ class LocalDDM(DDM):
 
     def poll(self, session: Session, now: datetime) -> list[int]:
         """Safety net: end requests whose files are all available but were not closed."""
-        open_reqs = list(session.scalars(select(DataRequest).where(
-            DataRequest.ddm == self.name, DataRequest.state == RequestState.REQUESTED)))
+        # one query: each open request with how many of its files are still missing
+        missing = func.count(DataRequestFile.file_id) - func.count(Replica.id)
+        complete = list(session.scalars(
+            select(DataRequest.id)
+            .join(DataRequestFile, DataRequestFile.request_id == DataRequest.id)
+            .outerjoin(Replica, (Replica.file_id == DataRequestFile.file_id)
+                       & (Replica.endpoint_id == DataRequest.endpoint_id)
+                       & (Replica.state == ReplicaState.AVAILABLE))
+            .where(DataRequest.ddm == self.name, DataRequest.state == RequestState.REQUESTED)
+            .group_by(DataRequest.id).having(missing == 0)))
         ended = []
-        for req in open_reqs:
-            missing = session.scalar(
-                select(func.count()).select_from(DataRequestFile)
-                .outerjoin(Replica, (Replica.file_id == DataRequestFile.file_id)
-                           & (Replica.endpoint_id == req.endpoint_id)
-                           & (Replica.state == ReplicaState.AVAILABLE))
-                .where(DataRequestFile.request_id == req.id, Replica.id.is_(None)))
-            if missing == 0 and apply_request_outcome(
-                    session, source="poll", dedup_key=f"local:{req.id}:done", outcome="done",
-                    request_id=req.id, now=now) == "applied":
-                ended.append(req.id)
+        for rid in complete:
+            if apply_request_outcome(session, source="poll", dedup_key=f"local:{rid}:done",
+                                     outcome="done", request_id=rid, now=now) == "applied":
+                ended.append(rid)
         return ended
 
     # ------------------------------------------------------------- outputs
