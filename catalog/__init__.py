@@ -1,0 +1,1 @@
+"""The catalog: models, state machines, the one transition path, site config, migrations."""

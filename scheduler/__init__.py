@@ -1,0 +1,1 @@
+"""The scheduler: daemons with run_once() (refine, broker, activate, watch, finish)."""

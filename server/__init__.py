@@ -1,0 +1,1 @@
+"""The HTTP face: the FastAPI app for pilots, users and DDM callbacks."""
