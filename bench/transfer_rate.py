@@ -31,10 +31,9 @@ from sqlalchemy import select
 from dawms.catalog.db import Database
 from dawms.catalog.models import DataRequest, File, StorageEndpoint
 from dawms.catalog.site_config import sync, validate
-from dawms.ddm_bridge import transfer
-from dawms.ddm_bridge.local import LocalDDM
-from dawms.ddm_bridge.paths import lfn2pfn
-from dawms.pilot.movers import get_mover
+from dawms.ddm_bridge.local import LocalDDM, transfer
+from dawms.storage.movers import get_mover
+from dawms.storage.paths import lfn2pfn
 
 
 def main() -> None:

@@ -80,7 +80,7 @@ class Queue(Base):
     id: Mapped[int] = mapped_column(primary_key=True)
     name: Mapped[str] = mapped_column(String(128), unique=True)
     site_id: Mapped[int] = mapped_column(ForeignKey("site.id"))
-    status: Mapped[str] = mapped_column(String(16), default="online")  # operator-set
+    status: Mapped[str] = mapped_column(String(16), default="online")  # states.QueueStatus
     cores: Mapped[int] = mapped_column(Integer, default=1)
     memory_mb: Mapped[int] = mapped_column(Integer, default=2000)
     max_walltime_s: Mapped[int] = mapped_column(Integer, default=86400)

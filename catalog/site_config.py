@@ -35,8 +35,9 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from .models import ConfigChange, Queue, Replica, Site, StorageEndpoint
+from .states import QueueStatus
 
-QUEUE_STATUSES = ("online", "brokeroff", "test", "offline")
+QUEUE_STATUSES = tuple(QueueStatus)
 ENDPOINT_KINDS = ("disk", "tape")
 URL_SCHEMES = ("file", "root", "s3", "gs", "davs", "https", "http")
 
@@ -127,7 +128,7 @@ def validate(raw: dict[str, Any], where: str = "config") -> dict[str, list[dict[
         name = q.get("name")
         if q.get("site") not in sites:
             errors.append(f"queue {name}: unknown site {q.get('site')!r}")
-        if q.get("status", "online") not in QUEUE_STATUSES:
+        if q.get("status", QueueStatus.ONLINE) not in QUEUE_STATUSES:
             errors.append(f"queue {name}: status must be one of {QUEUE_STATUSES}")
         for ep in [*q.get("read_endpoints", []), q.get("write_endpoint", "")]:
             if ep and ep not in endpoints:

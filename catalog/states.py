@@ -65,6 +65,19 @@ class ReplicaState(StrEnum):
     BAD = "bad"
 
 
+class QueueStatus(StrEnum):
+    """What an operator sets on a queue in the sites file (CRIC's queue status)."""
+
+    ONLINE = "online"  # brokered to and served
+    BROKEROFF = "brokeroff"  # served, but the broker sends no new jobs
+    TEST = "test"  # served (test jobs only), not brokered to
+    OFFLINE = "offline"  # neither brokered to nor served
+
+
+# Queues whose pilots may still take jobs.
+QUEUE_SERVED = frozenset({QueueStatus.ONLINE, QueueStatus.BROKEROFF, QueueStatus.TEST})
+
+
 class Entity(StrEnum):
     """The kinds of rows whose ``state`` column the transition path owns."""
 

@@ -15,9 +15,15 @@ if TYPE_CHECKING:
 
 def get_ddm(name: str = "local") -> DDM:
     if name == "local":
+        import os
+
         from .local import LocalDDM
 
-        return LocalDDM()
+        interval = os.environ.get("DAWMS_TRANSFER_INTERVAL_S", "5")
+        try:
+            return LocalDDM(transfer_interval_s=float(interval))
+        except ValueError:
+            raise ValueError(f"DAWMS_TRANSFER_INTERVAL_S={interval!r} is not a number") from None
     for ep in entry_points(group="dawms.ddm"):
         if ep.name == name:
             return ep.load()()

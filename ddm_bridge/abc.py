@@ -9,12 +9,19 @@ caller's transaction; in Rucio mode those rows are a cache of what Rucio says.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
+from enum import StrEnum
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 from sqlalchemy.orm import Session
 
 from dawms.catalog.models import DataRequest, File, StorageEndpoint
+
+if TYPE_CHECKING:
+    from dawms.catalog.db import Database
 
 
 class DDMError(Exception):
@@ -41,12 +48,43 @@ class FileInfo:
     events: int | None = None
 
 
-def split_did(did: str) -> tuple[str, str]:
-    """``scope:name`` -> (scope, name), with a clear error for anything else."""
-    scope, sep, name = did.partition(":")
-    if not sep or not scope or not name or ":" in name:
-        raise ValueError(f"dataset name {did!r} must look like scope:name")
-    return scope, name
+class Outcome(StrEnum):
+    """How a data request ended, as a backend reports it."""
+
+    DONE = "done"  # every file is on the destination
+    FAILED = "failed"  # the DDM gave up (a STUCK rule past its retries, no intact source)
+    CANCELLED = "cancelled"  # the request was withdrawn (rule deleted)
+
+
+@dataclass(frozen=True)
+class RequestReport:
+    """What a backend found out about one data request; the core applies it.
+
+    Backends never write catalog state themselves (as Rucio's transfertools return
+    status reports to the conveyor): ``poll()`` returns these and
+    ``ddm_bridge.events.apply_reports`` moves the requests through ``transition()``
+    once each, deduplicated by ``dedup_key``. A request is named by ``request_id``
+    or by the backend's ``external_id`` (a Rucio rule id).
+    """
+
+    outcome: Outcome
+    dedup_key: str
+    request_id: int | None = None
+    external_id: str | None = None
+    error: str = ""
+
+
+@dataclass(frozen=True)
+class DaemonSpec:
+    """A daemon a backend needs beside the scheduler's own (the local DDM's transfer
+    worker). ``run_once(db)`` returns how much it did; ``full`` is true when it took
+    a whole bunch, so the runner calls it again at once. ``wake_on`` lists the
+    ``(entity, to_state)`` of committed changes that should wake it."""
+
+    name: str
+    run_once: Callable[[Database], object]
+    interval_s: float
+    wake_on: tuple[tuple[str, str], ...] = ()
 
 
 class DDM(ABC):
@@ -59,14 +97,22 @@ class DDM(ABC):
         """The files of dataset ``did`` in order (cached in the catalog); UnknownDataset."""
 
     @abstractmethod
+    def upload(self, session: Session, did: str, paths: Iterable[str | Path],
+               endpoint: StorageEndpoint) -> list[File]:
+        """Copy local files onto ``endpoint``, checksummed, and register them in ``did``
+        (``dawms data upload``). A name already registered with other bytes is refused
+        and nothing is written; the same bytes again change nothing."""
+
+    @abstractmethod
     def request_replication(self, session: Session, files: list[File],
                             endpoint: StorageEndpoint, *, name: str,
                             activity: str = "Production Input") -> DataRequest:
         """Ask for ``files`` to be made available on ``endpoint`` (one dispatch block)."""
 
     @abstractmethod
-    def poll(self, session: Session, now: datetime) -> list[int]:
-        """Refresh outstanding requests from the DDM; returns ids of requests now ended."""
+    def poll(self, session: Session, now: datetime) -> list[RequestReport]:
+        """Look at outstanding requests; return a report for each that ended. Writes
+        no request state: the caller applies the reports (``events.apply_reports``)."""
 
     @abstractmethod
     def register_outputs(self, session: Session, did: str, files: list[FileInfo],
@@ -76,3 +122,7 @@ class DDM(ABC):
     @abstractmethod
     def pfn(self, endpoint: StorageEndpoint, scope: str, name: str) -> str:
         """The URL of file ``scope:name`` on ``endpoint``."""
+
+    def daemons(self) -> list[DaemonSpec]:
+        """The daemons this backend needs; the runner starts exactly these."""
+        return []

@@ -20,6 +20,8 @@ from dawms.catalog.models import DataRequest, DDMEvent
 from dawms.catalog.states import Entity, RequestState
 from dawms.catalog.transition import transition_many
 
+from .abc import RequestReport
+
 OUTCOMES = {"done": RequestState.DONE, "failed": RequestState.FAILED,
             "cancelled": RequestState.CANCELLED}
 
@@ -69,3 +71,19 @@ def apply_request_outcome(session: Session, *, source: str, dedup_key: str,
                             expected=RequestState.REQUESTED, actor=f"ddm:{source}",
                             reason=error or f"request {outcome}", values=values, now=now)
     return "applied" if moved else "stale"
+
+
+def apply_reports(session: Session, reports: list[RequestReport], *, source: str,
+                  now: datetime) -> dict[str, int]:
+    """Apply what a backend's ``poll()`` reported; returns counts by result."""
+    counts: dict[str, int] = {}
+    for rep in reports:
+        try:
+            result = apply_request_outcome(
+                session, source=source, dedup_key=rep.dedup_key, outcome=rep.outcome.value,
+                request_id=rep.request_id, external_id=rep.external_id, error=rep.error,
+                now=now)
+        except LookupError:  # a report about a request we never made
+            result = "unknown"
+        counts[result] = counts.get(result, 0) + 1
+    return counts

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from dawms.pilot.movers import MoverError, get_mover, scheme_of
+from dawms.storage.movers import MoverError, get_mover, scheme_of
 
 log = logging.getLogger(__name__)
 

@@ -25,7 +25,7 @@ from dawms.ddm_bridge.abc import DDM
 from .config import SchedulerConfig
 from .dispatch import available_disk_replicas, build_specs
 from .retry import retry_failed
-from .setup import link_requests, request_missing
+from .setupper import link_requests, request_missing
 
 ACTOR = "scheduler:activator"
 DEAD = (RequestState.FAILED, RequestState.CANCELLED)

@@ -34,13 +34,13 @@ from dawms.catalog.models import (
     StorageEndpoint,
     Task,
 )
-from dawms.catalog.states import TASK_FINAL, Entity, JobState, TaskState
+from dawms.catalog.states import TASK_FINAL, Entity, JobState, QueueStatus, TaskState
 from dawms.catalog.transition import transition_many
 from dawms.ddm_bridge.abc import DDM
 
 from .config import SchedulerConfig
 from .dispatch import available_disk_replicas, build_specs
-from .setup import link_requests, request_missing
+from .setupper import link_requests, request_missing
 
 log = logging.getLogger(__name__)
 ACTOR = "scheduler:broker"
@@ -85,7 +85,7 @@ def data_weight(sizes: dict[int, int], held: dict[int, list[int]],
 
 def fits(queue: Queue, job: Job) -> str:
     """Why ``job`` cannot run on ``queue`` ("" if it can)."""
-    if queue.status != "online":
+    if queue.status != QueueStatus.ONLINE:
         return f"queue is {queue.status}"
     for need, have, what in ((job.cores, queue.cores, "cores"),
                              (job.memory_mb, queue.memory_mb, "memory_mb"),
@@ -123,7 +123,7 @@ def run_once(db: Database, ddm: DDM, cfg: SchedulerConfig,
         jobs = _drop_jobs_of_ended_tasks(s, jobs, now)
         endpoints = {e.name: e for e in s.scalars(select(StorageEndpoint))}
         queues = [q for q in s.scalars(select(Queue).order_by(Queue.name))
-                  if q.status == "online"]
+                  if q.status == QueueStatus.ONLINE]
         loads = _loads(s, [q.id for q in queues])
         cands = [Candidate(q, [endpoints[n].id for n in q.read_endpoints
                                if n in endpoints and endpoints[n].kind == "disk"], loads[q.id])

@@ -18,7 +18,6 @@ class SchedulerConfig:
     activator_bunch: int = 2000
     default_max_attempts: int = 3
     interval_s: float = 30.0  # periodic safety net for every daemon
-    transfer_interval_s: float = 5.0
 
     @classmethod
     def from_env(cls, **overrides: float) -> SchedulerConfig:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dawms.ddm_bridge.abc import split_did
+from dawms.catalog.names import split_did
 
 
 def job_name(task_name: str, task_id: int, index: int) -> str:

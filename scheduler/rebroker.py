@@ -18,10 +18,10 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from dawms.catalog.models import File, Job, JobFile, Queue, Task
-from dawms.catalog.states import JOB_QUEUED, Entity, JobState
+from dawms.catalog.states import JOB_QUEUED, Entity, JobState, QueueStatus
 from dawms.catalog.transition import transition_many
 
-from .jobs import Piece, create_jobs
+from .generate import Piece, create_jobs
 
 
 def reassign_jobs(session: Session, job_ids: Iterable[int], *, actor: str,
@@ -32,7 +32,7 @@ def reassign_jobs(session: Session, job_ids: Iterable[int], *, actor: str,
         status = session.scalar(select(Queue.status).where(Queue.name == queue))
         if status is None:
             raise LookupError(f"no queue named {queue!r}")
-        if status != "online":
+        if status != QueueStatus.ONLINE:
             raise ValueError(f"queue {queue} is {status}; jobs can only be sent to an "
                              "online queue")
     ids = list(dict.fromkeys(job_ids))

@@ -18,7 +18,7 @@ from dawms.catalog.states import Entity, TaskState
 from dawms.catalog.transition import transition, transition_many
 from dawms.ddm_bridge.abc import DDM, DDMError
 
-from .jobs import Piece, create_jobs
+from .generate import Piece, create_jobs
 from .split import split_files
 
 log = logging.getLogger(__name__)

@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session
 from dawms.catalog.models import File, Job, JobFile, Task
 from dawms.catalog.states import TASK_FINAL, JobState
 
-from .jobs import Piece, create_jobs
+from .generate import Piece, create_jobs
 
 ACTOR = "scheduler:retry"
 # Failures that another attempt cannot mend.

@@ -1,8 +1,9 @@
 """Drives the daemons: APScheduler 3.11 runs each ``run_once`` periodically, and
 committed catalog events wake the one that should react at once.
 
-A task registered wakes the refiner; jobs defined wake the broker; a data
-request made wakes the transfer worker (local DDM); a request ended wakes the
+A task registered wakes the refiner; jobs defined wake the broker; the daemons
+the DDM backend declares (the local DDM's transfer worker) run beside these and
+wake on the changes they name; a request ended wakes the
 activator with that request's id; a job or task ended wakes the finisher. A
 wake-up while the daemon runs is remembered and served right after, so no event
 is lost; the periodic run stays the safety net and the DB the only record.
@@ -26,8 +27,8 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from dawms.catalog import events, locks
 from dawms.catalog.db import Database
 from dawms.catalog.states import JOB_FINAL, Entity, JobState, RequestState, TaskState
-from dawms.ddm_bridge import transfer
 from dawms.ddm_bridge.abc import DDM
+from dawms.ddm_bridge.events import apply_reports
 
 from . import activator, broker, finisher, refiner, watcher
 from .config import SchedulerConfig
@@ -92,8 +93,11 @@ class Scheduler:
             "finisher": (lambda: finisher.run_once(db), cfg.interval_s),
             "ddm_poller": (self._poll, cfg.interval_s),
         }
-        if ddm.name == "local":
-            fns["transfer"] = (lambda: transfer.run_once(db), cfg.transfer_interval_s)
+        self._backend_wakes: dict[tuple[str, str], list[str]] = {}
+        for spec in ddm.daemons():  # what the configured backend needs, nothing else
+            fns[spec.name] = (lambda run=spec.run_once: run(db), spec.interval_s)
+            for key in spec.wake_on:
+                self._backend_wakes.setdefault(key, []).append(spec.name)
         self.daemons: dict[str, tuple[_Daemon, float]] = {
             name: (_Daemon(name, fn, self._lease), interval)
             for name, (fn, interval) in fns.items()}
@@ -115,8 +119,9 @@ class Scheduler:
         activator.run_once(self.db, self.ddm, self.cfg)
 
     def _poll(self) -> None:
+        now = datetime.now(UTC)
         with self.db.session() as s:
-            self.ddm.poll(s, datetime.now(UTC))
+            apply_reports(s, self.ddm.poll(s, now), source="poll", now=now)
 
     def run_all_once(self) -> None:
         """Every daemon once, in flow order (for tests and `dawms scheduler --once`)."""
@@ -130,13 +135,13 @@ class Scheduler:
             self._aps.add_job(self.daemons[name][0], id=f"wake-{name}", replace_existing=True)
 
     def _on_event(self, ev: events.StateChanged) -> None:
+        for name in self._backend_wakes.get((ev.entity, ev.to_state), ()):
+            self.wake(name)
         if ev.entity == Entity.TASK and ev.to_state == TaskState.REGISTERED:
             self.wake("refiner")
         elif ev.entity == Entity.JOB and ev.to_state == JobState.DEFINED:
             self.wake("broker")
-        elif ev.entity == Entity.REQUEST and ev.to_state == RequestState.REQUESTED:
-            self.wake("transfer")
-        elif ev.entity == Entity.REQUEST:
+        elif ev.entity == Entity.REQUEST and ev.to_state != RequestState.REQUESTED:
             with self._req_lock:
                 self._pending_requests.update(ev.ids)
             self.wake("activator")

@@ -32,9 +32,10 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from dawms.catalog.models import Task
+from dawms.catalog.names import split_did
 from dawms.catalog.states import Entity, TaskState
 from dawms.catalog.transition import record_created
-from dawms.ddm_bridge.abc import DDM, UnknownDataset, split_did
+from dawms.ddm_bridge.abc import DDM, UnknownDataset
 
 from .naming import log_lfn, output_lfn
 

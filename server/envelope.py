@@ -18,7 +18,7 @@ from fastapi.responses import JSONResponse
 from sqlalchemy.exc import DataError
 
 from dawms.ddm_bridge.abc import DDMError
-from dawms.scheduler.job import BadReport, StaleReport
+from dawms.scheduler.report import BadReport, StaleReport
 from dawms.scheduler.task import TaskSpecError
 
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1

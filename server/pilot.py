@@ -17,10 +17,10 @@ from fastapi import APIRouter, Request
 from sqlalchemy import func, select
 
 from dawms.catalog.models import Job, Queue
-from dawms.catalog.states import JOB_QUEUED
+from dawms.catalog.states import JOB_QUEUED, QUEUE_SERVED
 from dawms.catalog.transition import claim_jobs
 from dawms.ddm_bridge.abc import DDMError
-from dawms.scheduler.job import StaleReport, pilot_update
+from dawms.scheduler.report import StaleReport, pilot_update
 
 from .envelope import DB_ERRORS, NotFound, db_error, ok
 from .schemas import AcquireJobs, Envelope, JobUpdate, JobUpdates
@@ -46,7 +46,7 @@ def _queue(request: Request, name: str) -> tuple[int, str]:
 def acquire_jobs(body: AcquireJobs, request: Request) -> dict[str, Any]:
     """Claim up to ``n_jobs`` activated jobs of the queue for this pilot."""
     queue_id, status = _queue(request, body.queue)
-    if status not in ("online", "brokeroff", "test"):
+    if status not in QUEUE_SERVED:
         return ok({"jobs": [], "pending": 0}, f"queue {body.queue} is {status}")
     with request.app.state.db.session() as s:
         rows = claim_jobs(s, queue_id, body.n_jobs, body.pilot_id)

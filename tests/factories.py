@@ -13,7 +13,7 @@ from dawms.catalog.db import Database
 from dawms.catalog.models import Queue, StorageEndpoint
 from dawms.catalog.transition import claim_jobs
 from dawms.ddm_bridge.local import LocalDDM
-from dawms.scheduler.job import pilot_update
+from dawms.scheduler.report import pilot_update
 
 
 def site_config(root: Path, names: list[str], **queue: object) -> dict:

@@ -25,8 +25,7 @@ from dawms.catalog.models import (
     Task,
 )
 from dawms.catalog.site_config import ConfigError, sync, validate
-from dawms.ddm_bridge import transfer
-from dawms.ddm_bridge.local import LocalDDM
+from dawms.ddm_bridge.local import LocalDDM, transfer
 from dawms.scheduler import activator, broker, refiner
 from dawms.scheduler.broker import QueueLoad, data_weight, fits
 from dawms.scheduler.config import SchedulerConfig

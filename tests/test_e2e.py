@@ -23,10 +23,10 @@ from sqlalchemy import func, select
 from dawms.catalog.db import Database
 from dawms.catalog.models import File, Job, JobFile, Replica, StateHistory, StorageEndpoint
 from dawms.client import Client
-from dawms.ddm_bridge.checksum import url_checksum
 from dawms.ddm_bridge.local import LocalDDM
-from dawms.ddm_bridge.paths import lfn2pfn
 from dawms.pilot.factory.local import LocalFactory
+from dawms.storage.checksum import url_checksum
+from dawms.storage.paths import lfn2pfn
 from factories import make_dataset
 
 pytestmark = pytest.mark.e2e

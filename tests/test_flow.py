@@ -8,8 +8,7 @@ from sqlalchemy import func, select
 
 from dawms.catalog.db import Database
 from dawms.catalog.models import DataRequest, Job, JobFile, Queue, Replica, StateHistory, Task
-from dawms.ddm_bridge import transfer
-from dawms.ddm_bridge.local import LocalDDM
+from dawms.ddm_bridge.local import LocalDDM, transfer
 from dawms.scheduler import activator, broker, refiner
 from dawms.scheduler.config import SchedulerConfig
 from dawms.scheduler.task import submit

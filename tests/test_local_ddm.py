@@ -29,10 +29,9 @@ from dawms.catalog.models import (
     StorageEndpoint,
 )
 from dawms.catalog.site_config import sync, validate
-from dawms.ddm_bridge import transfer
 from dawms.ddm_bridge.abc import FileInfo, RegistrationError, UnknownDataset
-from dawms.ddm_bridge.events import apply_request_outcome
-from dawms.ddm_bridge.local import LocalDDM
+from dawms.ddm_bridge.events import apply_reports, apply_request_outcome
+from dawms.ddm_bridge.local import LocalDDM, transfer
 from dawms.scheduler import activator, broker, refiner
 from dawms.scheduler.config import SchedulerConfig
 from dawms.scheduler.task import submit
@@ -274,7 +273,9 @@ def test_poll_ends_complete_requests_and_publishes_only_after_commit(
     unsubscribe = events.subscribe(got.append)
     try:
         with db.session() as s:
-            assert sorted(ddm.poll(s, NOW)) == [r1, r2]
+            reports = ddm.poll(s, NOW)
+            assert sorted(r.request_id for r in reports) == [r1, r2]
+            assert apply_reports(s, reports, source="poll", now=NOW) == {"applied": 2}
             assert [e for e in got if e.entity == "data_request"] == [], \
                 "published before the poller committed"
     finally:
@@ -284,3 +285,5 @@ def test_poll_ends_complete_requests_and_publishes_only_after_commit(
         assert [s.get(DataRequest, r).state for r in (r1, r2, r3)] == \
             ["done", "done", "requested"]
         assert ddm.poll(s, NOW) == []  # nothing new
+        # a report applied twice changes nothing the second time
+        assert apply_reports(s, reports, source="poll", now=NOW) == {"duplicate": 2}

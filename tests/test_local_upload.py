@@ -17,9 +17,9 @@ from sqlalchemy import func, select
 from dawms.catalog.db import Database
 from dawms.catalog.models import DatasetFile, File, Replica, StorageEndpoint
 from dawms.cli import main
-from dawms.ddm_bridge import local
 from dawms.ddm_bridge.abc import RegistrationError
 from dawms.ddm_bridge.local import LocalDDM
+from dawms.ddm_bridge.local import ddm as local
 
 
 def _write(path: Path, data: bytes) -> Path:
@@ -96,7 +96,7 @@ def test_uploading_the_same_bytes_again_changes_nothing(
 def test_a_copy_that_breaks_leaves_nothing_at_the_destination(
         db: Database, ddm: LocalDDM, sites: list[str], tmp_path: Path,
         monkeypatch: pytest.MonkeyPatch) -> None:
-    real = local.stream_copy
+    real = local.copy_stream
 
     def disk_full(src, dst=None):  # type: ignore[no-untyped-def]
         if dst is None:
@@ -104,7 +104,7 @@ def test_a_copy_that_breaks_leaves_nothing_at_the_destination(
         dst.write(src.read(10))
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(local, "stream_copy", disk_full)
+    monkeypatch.setattr(local, "copy_stream", disk_full)
     with pytest.raises(OSError, match="No space left"):
         _upload(db, ddm, "up:ds", _write(tmp_path / "a" / "f.1", b"A" * 100))
     stored = _on_disk(db, ddm, "up", "f.1")
@@ -116,7 +116,7 @@ def test_a_file_that_changes_while_uploaded_is_refused(
         db: Database, ddm: LocalDDM, sites: list[str], tmp_path: Path,
         monkeypatch: pytest.MonkeyPatch) -> None:
     path = _write(tmp_path / "a" / "f.1", b"A" * 100)
-    real = local.stream_copy
+    real = local.copy_stream
 
     def then_changed(src, dst=None):  # type: ignore[no-untyped-def]
         result = real(src, dst)
@@ -124,7 +124,7 @@ def test_a_file_that_changes_while_uploaded_is_refused(
             path.write_bytes(b"B" * 100)
         return result
 
-    monkeypatch.setattr(local, "stream_copy", then_changed)
+    monkeypatch.setattr(local, "copy_stream", then_changed)
     with pytest.raises(RegistrationError, match="changed while it was uploaded"):
         _upload(db, ddm, "up:ds", path)
     assert list(_on_disk(db, ddm, "up", "f.1").parent.iterdir()) == []

@@ -18,12 +18,11 @@ from dawms.catalog.models import DataRequest, File, Job, JobFile, Queue, Storage
 from dawms.catalog.site_config import sync, validate
 from dawms.catalog.states import Entity
 from dawms.catalog.transition import transition_many
-from dawms.ddm_bridge import transfer
 from dawms.ddm_bridge.events import apply_request_outcome
-from dawms.ddm_bridge.local import LocalDDM
+from dawms.ddm_bridge.local import LocalDDM, transfer
 from dawms.scheduler import activator, broker, refiner, watcher
 from dawms.scheduler.config import SchedulerConfig
-from dawms.scheduler.jobs import Piece, create_jobs
+from dawms.scheduler.generate import Piece, create_jobs
 from dawms.scheduler.kill import kill_task
 from dawms.scheduler.rebroker import reassign_jobs
 from dawms.scheduler.retry import retry_failed

@@ -30,7 +30,7 @@ def test_events_carry_a_task_to_activation_without_periodic_runs(
 
         s.scalar(select(Queue).where(Queue.name == "SITE_A_PROD")).status = "offline"
     hour = 3600.0  # the safety net never fires during this test
-    sched = Scheduler(db, ddm, SchedulerConfig(interval_s=hour, transfer_interval_s=hour))
+    sched = Scheduler(db, ddm, SchedulerConfig(interval_s=hour))
     sched.start()
     try:
         time.sleep(1.0)  # the start-up runs find nothing to do

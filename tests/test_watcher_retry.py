@@ -19,7 +19,7 @@ from dawms.ddm_bridge.local import LocalDDM
 from dawms.scheduler import broker, finisher, refiner, watcher
 from dawms.scheduler.config import SchedulerConfig
 from dawms.scheduler.finisher import task_outcome
-from dawms.scheduler.job import StaleReport, pilot_update
+from dawms.scheduler.report import StaleReport, pilot_update
 from dawms.scheduler.task import submit
 from factories import claim, finish, make_dataset, report, write_outputs
 

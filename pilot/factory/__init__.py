@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from dawms.pilot.factory.base import PilotFactory, PilotHandle, PilotStatus, pilot_argv
-from dawms.pilot.plugins import Entry, PluginRegistry
+from dawms.storage.plugins import Entry, PluginRegistry
 
 __all__ = ["PilotFactory", "PilotHandle", "PilotStatus", "get_factory", "pilot_argv", "registry"]
 

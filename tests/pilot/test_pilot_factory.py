@@ -105,10 +105,10 @@ def test_poll_of_a_pilot_this_factory_did_not_start(tmp_path: Path) -> None:
 
 def test_the_pilot_stays_light() -> None:
     """Importing every pilot module pulls in none of the server's dependencies."""
-    code = ("import sys, dawms.pilot.main, dawms.pilot.factory.local, dawms.pilot.movers.file\n"
+    code = ("import sys, dawms.pilot.main, dawms.pilot.factory.local, dawms.storage.movers.file\n"
             "heavy = {'sqlalchemy', 'fastapi', 'pydantic', 'alembic', 'apscheduler', 'uvicorn'}\n"
             "ours = {m.split('.')[1] for m in sys.modules if m.startswith('dawms.')}\n"
             "print(sorted({m.split('.')[0] for m in sys.modules} & heavy), sorted(ours))\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True, cwd="/").stdout
-    assert out.strip() == "[] ['pilot']"
+    assert out.strip() == "[] ['pilot', 'storage']"

@@ -8,7 +8,7 @@ separately importable backend.
 
 from __future__ import annotations
 
-from dawms.pilot.movers.base import FsspecMover
+from dawms.storage.movers.base import FsspecMover
 
 
 class FileMover(FsspecMover):

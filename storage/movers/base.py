@@ -12,15 +12,17 @@ from __future__ import annotations
 
 import os
 import time
-import zlib
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 from fsspec.core import url_to_fs
 
-CHUNK_SIZE = 4 * 1024 * 1024
+from dawms.storage.checksum import CHUNK_SIZE, copy_stream, normalize_adler32
+
+__all__ = ["CHUNK_SIZE", "ChecksumMismatch", "FsspecMover", "Mover", "MoverError",
+           "SizeMismatch", "Transfer", "normalize_adler32"]
 
 
 class MoverError(Exception):
@@ -42,39 +44,6 @@ class Transfer:
     size: int
     adler32: str
     seconds: float
-
-
-def format_adler32(value: int) -> str:
-    """The canonical text form of an adler32 value."""
-    return f"{value & 0xFFFFFFFF:08x}"
-
-
-def normalize_adler32(text: str) -> str:
-    """Accept ``0A1B2C3D``, ``ad:a1b2c3d`` or ``a1b2c3d`` and return ``0a1b2c3d``."""
-    value = text.strip().lower().removeprefix("ad:")
-    if not value or len(value) > 8 or any(c not in "0123456789abcdef" for c in value):
-        raise ValueError(f"not an adler32 checksum: {text!r}")
-    return value.zfill(8)
-
-
-def copy_stream(src: BinaryIO, dst: BinaryIO) -> tuple[int, str]:
-    """Copy ``src`` to ``dst`` in 4 MiB chunks; return (size, adler32)."""
-    size, checksum = 0, 1
-    while chunk := src.read(CHUNK_SIZE):
-        dst.write(chunk)
-        size += len(chunk)
-        checksum = zlib.adler32(chunk, checksum)
-    return size, format_adler32(checksum)
-
-
-def file_adler32(path: str | os.PathLike[str]) -> tuple[int, str]:
-    """(size, adler32) of a local file, read in 4 MiB chunks."""
-    size, checksum = 0, 1
-    with open(path, "rb") as f:
-        while chunk := f.read(CHUNK_SIZE):
-            size += len(chunk)
-            checksum = zlib.adler32(chunk, checksum)
-    return size, format_adler32(checksum)
 
 
 class Mover(ABC):

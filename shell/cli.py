@@ -130,7 +130,8 @@ def cmd_data_upload(args: argparse.Namespace, st: Settings) -> int:
 
     from dawms.catalog.db import Database
     from dawms.catalog.models import StorageEndpoint
-    from dawms.ddm_bridge.abc import RegistrationError, split_did
+    from dawms.catalog.names import split_did
+    from dawms.ddm_bridge.abc import RegistrationError
     from dawms.ddm_bridge.local import LocalDDM
 
     try:

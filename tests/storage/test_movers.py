@@ -16,8 +16,8 @@ import fsspec
 import pytest
 from fsspec.implementations.memory import MemoryFileSystem
 
-from dawms.pilot import movers
-from dawms.pilot.movers import (
+from dawms.storage import movers
+from dawms.storage.movers import (
     ChecksumMismatch,
     FsspecMover,
     Mover,
@@ -25,8 +25,8 @@ from dawms.pilot.movers import (
     SizeMismatch,
     get_mover,
 )
-from dawms.pilot.movers.base import CHUNK_SIZE, normalize_adler32
-from dawms.pilot.movers.file import FileMover
+from dawms.storage.movers.base import CHUNK_SIZE, normalize_adler32
+from dawms.storage.movers.file import FileMover
 
 
 def adler(data: bytes) -> str:

@@ -166,8 +166,8 @@ def _verify_outputs(db_url: str) -> tuple[int, list[str]]:
 
     from dawms.catalog.db import Database
     from dawms.catalog.models import File, Job, JobFile, Replica, StorageEndpoint
-    from dawms.ddm_bridge.checksum import url_checksum
-    from dawms.ddm_bridge.paths import lfn2pfn
+    from dawms.storage.checksum import url_checksum
+    from dawms.storage.paths import lfn2pfn
 
     db = Database(db_url)
     problems, ok = [], 0

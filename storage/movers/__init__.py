@@ -6,7 +6,7 @@ into one clear error naming the pip extra (e.g. ``root`` ->
 ``pip install 'dawms[xrootd]'``). Third-party movers register through the
 ``dawms.movers`` entry-point group (name = scheme, value = ``module:Class``).
 Adding a built-in backend is one module plus one line in ``_BUILTIN``, e.g.
-``"root": Entry("dawms.pilot.movers.xrootd:XRootDMover", extra="xrootd")``.
+``"root": Entry("dawms.storage.movers.xrootd:XRootDMover", extra="xrootd")``.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import urlsplit
 
-from dawms.pilot.movers.base import (
+from dawms.storage.movers.base import (
     ChecksumMismatch,
     FsspecMover,
     Mover,
@@ -22,7 +22,7 @@ from dawms.pilot.movers.base import (
     SizeMismatch,
     Transfer,
 )
-from dawms.pilot.plugins import Entry, PluginRegistry
+from dawms.storage.plugins import Entry, PluginRegistry
 
 __all__ = [
     "ChecksumMismatch", "FsspecMover", "Mover", "MoverError", "SizeMismatch", "Transfer",
@@ -32,7 +32,7 @@ __all__ = [
 ENTRY_POINT_GROUP = "dawms.movers"
 
 _BUILTIN = {
-    "file": Entry("dawms.pilot.movers.file:FileMover"),
+    "file": Entry("dawms.storage.movers.file:FileMover"),
 }
 registry: PluginRegistry[Mover] = PluginRegistry(
     "mover for URL scheme", ENTRY_POINT_GROUP, Mover, _BUILTIN, error=MoverError)

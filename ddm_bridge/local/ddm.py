@@ -27,17 +27,27 @@ from dawms.catalog.models import (
     Replica,
     StorageEndpoint,
 )
+from dawms.catalog.names import split_did
 from dawms.catalog.states import Entity, ReplicaState, RequestState
 from dawms.catalog.transition import record_created, transition_many
-
-from .abc import DDM, FileInfo, RegistrationError, UnknownDataset, split_did
-from .checksum import stream_copy
-from .events import apply_request_outcome
-from .paths import lfn2pfn
+from dawms.ddm_bridge.abc import (
+    DDM,
+    DaemonSpec,
+    FileInfo,
+    Outcome,
+    RegistrationError,
+    RequestReport,
+    UnknownDataset,
+)
+from dawms.storage.checksum import copy_stream
+from dawms.storage.paths import lfn2pfn
 
 
 class LocalDDM(DDM):
     name = "local"
+
+    def __init__(self, transfer_interval_s: float = 2.0) -> None:
+        self.transfer_interval_s = transfer_interval_s
 
     # ------------------------------------------------------------- datasets
     def list_files(self, session: Session, did: str) -> list[File]:
@@ -120,7 +130,7 @@ class LocalDDM(DDM):
         sources: dict[str, tuple[Path, FileInfo]] = {}
         for path in map(Path, paths):
             with open(path, "rb") as src:
-                size, adler = stream_copy(src)
+                size, adler = copy_stream(src)
             info = FileInfo(scope=scope, name=path.name, size=size, adler32=adler)
             if (seen := sources.get(info.name)) and \
                     (seen[1].size, seen[1].adler32) != (size, adler):
@@ -145,7 +155,7 @@ class LocalDDM(DDM):
         tmp = f"{dst}.upload-{uuid.uuid4().hex[:12]}"
         try:
             with open(path, "rb") as src, fs.open(tmp, "wb") as out:
-                size, adler = stream_copy(src, out)
+                size, adler = copy_stream(src, out)
             if (size, adler) != (info.size, info.adler32):
                 raise RegistrationError(f"{path} changed while it was uploaded "
                                         f"({info.size} {info.adler32} -> {size} {adler})")
@@ -187,8 +197,8 @@ class LocalDDM(DDM):
         session.flush()
         return req
 
-    def poll(self, session: Session, now: datetime) -> list[int]:
-        """Safety net: end requests whose files are all available but were not closed."""
+    def poll(self, session: Session, now: datetime) -> list[RequestReport]:
+        """Safety net: report requests whose files are all available but not yet closed."""
         # one query: each open request with how many of its files are still missing
         missing = func.count(DataRequestFile.file_id) - func.count(Replica.id)
         complete = list(session.scalars(
@@ -199,12 +209,14 @@ class LocalDDM(DDM):
                        & (Replica.state == ReplicaState.AVAILABLE))
             .where(DataRequest.ddm == self.name, DataRequest.state == RequestState.REQUESTED)
             .group_by(DataRequest.id).having(missing == 0)))
-        ended = []
-        for rid in complete:
-            if apply_request_outcome(session, source="poll", dedup_key=f"local:{rid}:done",
-                                     outcome="done", request_id=rid, now=now) == "applied":
-                ended.append(rid)
-        return ended
+        return [RequestReport(Outcome.DONE, dedup_key=f"local:{rid}:done", request_id=rid)
+                for rid in complete]
+
+    def daemons(self) -> list[DaemonSpec]:
+        from .transfer import run_once
+
+        return [DaemonSpec("transfer", run_once, interval_s=self.transfer_interval_s,
+                           wake_on=((Entity.REQUEST.value, RequestState.REQUESTED.value),))]
 
     # ------------------------------------------------------------- outputs
     def register_outputs(self, session: Session, did: str, files: list[FileInfo],

@@ -25,10 +25,9 @@ from dawms.catalog.db import Database
 from dawms.catalog.models import DataRequest, DataRequestFile, File, Replica, StorageEndpoint
 from dawms.catalog.states import Entity, ReplicaState, RequestState
 from dawms.catalog.transition import transition_many
-
-from .checksum import stream_copy, url_checksum
-from .events import apply_request_outcome
-from .paths import lfn2pfn
+from dawms.ddm_bridge.events import apply_request_outcome
+from dawms.storage.checksum import copy_stream, url_checksum
+from dawms.storage.paths import lfn2pfn
 
 log = logging.getLogger(__name__)
 WORKER = f"{socket.gethostname()}:{os.getpid()}"
@@ -66,7 +65,7 @@ def _copy(item: _Item, dest_url: str) -> _Outcome:
         try:
             fs.makedirs(posixpath.dirname(dest_path), exist_ok=True)
             with fsspec.open(src, "rb") as fin, fs.open(dest_path, "wb") as fout:
-                size, adler = stream_copy(fin, fout)
+                size, adler = copy_stream(fin, fout)
             if (size, adler) != (item.size, item.adler32):
                 bad.append(replica_id)
                 errors.append(f"{src}: source has size {size} adler32 {adler}, "

@@ -10,9 +10,9 @@ from sqlalchemy import insert
 from sqlalchemy.orm import Session
 
 from dawms.catalog.models import File, Job, JobFile, Task
+from dawms.catalog.names import split_did
 from dawms.catalog.states import Entity, JobState
 from dawms.catalog.transition import record_created
-from dawms.ddm_bridge.abc import split_did
 
 from .naming import log_lfn, output_lfn
 
