@@ -15,7 +15,7 @@ import httpx
 import pytest
 from pilot_helpers import UPDATE_FIELDS, StubServer, adler32_hex, pid_alive, wait_for
 
-from dawms.pilot import wire
+from dawms import wire
 from dawms.pilot.client import JobRef, PilotClient, ServerUnavailable, StaleJob, update_body
 from dawms.pilot.job import JobRunner, Outcome, run_job
 from dawms.pilot.main import main
@@ -127,7 +127,7 @@ def test_kill_command_in_heartbeat_reply_fails_the_job_as_killed(
     monkeypatch.setenv("TEST_SLEEP", "60")
     spec = make_spec(heartbeat_s=0.2)
     stub_server.command_when = lambda body: (
-        wire.COMMAND_KILL if body["state"] == "running" and body["metrics"].get("wall_s", 0) > 0
+        wire.Command.KILL if body["state"] == "running" and body["metrics"].get("wall_s", 0) > 0
         else None)
     result = run_job(client, spec, tmp_path / "work", kill_grace_s=1)
 
@@ -246,10 +246,10 @@ def test_client_bulk_update_sends_wire_bodies() -> None:
                for i in (1, 2)]
     with PilotClient("http://server", transport=httpx.MockTransport(handler)) as c:
         results = c.update_jobs_bulk(updates)
-    assert [r["job_id"] for r in results] == [1, 2]
+    assert [(r.job_id, r.success) for r in results] == [(1, True), (2, True)]
     [(path, body)] = sent
     assert path == wire.UPDATE_JOBS_BULK
-    assert body == {"updates": updates}
+    assert body == {"updates": [u.to_dict() for u in updates]}
     assert all(set(u) == UPDATE_FIELDS for u in body["updates"])
 
 
@@ -261,7 +261,7 @@ def test_client_raises_stale_on_409(stub_server: StubServer, client: PilotClient
 
 
 def test_client_refuses_unreportable_states(client: PilotClient) -> None:
-    with pytest.raises(ValueError, match="cannot report"):
+    with pytest.raises(ValueError, match="state: 'activated' is not one of"):
         client.update_job(JobRef(1, 1, "t"), "activated")
 
 
