@@ -54,7 +54,8 @@ class OutputFile(_PilotBody):
 
 
 MetricName = Annotated[str, Field(min_length=1, max_length=64)]
-Metric = Annotated[float, Field(ge=-INT64_MAX, le=INT64_MAX, allow_inf_nan=False)]
+Metric = Annotated[float, Field(ge=-wire_reports.METRIC_MAX, le=wire_reports.METRIC_MAX,
+                                allow_inf_nan=False)]
 
 
 class JobUpdate(_PilotBody):

@@ -19,6 +19,7 @@ from .protocol import ERROR_CATEGORIES, REPORTABLE_STATES, Command
 BULK_MAX = 1000  # updates in one update_jobs_bulk
 ACQUIRE_MAX = 100  # jobs in one acquire_jobs
 METRICS_MAX = 64  # entries of a report's metrics
+METRIC_MAX = 1e18  # the magnitude of one metric (exact as a float and as a BIGINT)
 DIAG_MAX = 4000  # the catalog keeps this much of an error diagnostic
 LEASE_MAX = 64
 
@@ -68,7 +69,7 @@ class JobReport(Record):
     lease_token: str = bounded(min_length=1, max_length=LEASE_MAX)
     state: str = bounded(choices=REPORTABLE_STATES)
     metrics: dict[str, float] = bounded(default_factory=dict, max_length=METRICS_MAX,
-                                        item={"ge": -INT64_MAX, "le": INT64_MAX})
+                                        item={"ge": -METRIC_MAX, "le": METRIC_MAX})
     exit_code: int | None = bounded(None, ge=-(2**31), le=INT32_MAX)
     error_category: str = bounded("", choices=("", *ERROR_CATEGORIES))
     error_diag: str = bounded("", max_length=DIAG_MAX)
