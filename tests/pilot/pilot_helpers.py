@@ -12,13 +12,13 @@ import json
 import os
 import threading
 import time
-import zlib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from dawms import wire
+from dawms.storage.checksum import bytes_adler32
 
 UPDATE_FIELDS = {"job_id", "attempt", "lease_token", "state", "metrics", "exit_code",
                  "error_category", "error_diag", "outputs"}
@@ -122,8 +122,7 @@ def running_stub_server() -> Iterator[StubServer]:
         httpd.server_close()
 
 
-def adler32_hex(data: bytes) -> str:
-    return f"{zlib.adler32(data) & 0xFFFFFFFF:08x}"
+adler32_hex = bytes_adler32  # the one helper, in dawms.storage.checksum
 
 
 def wait_for(predicate: Callable[[], object], timeout: float = 5.0) -> bool:
