@@ -14,6 +14,7 @@ import itertools
 import json
 import typing
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -34,9 +35,13 @@ from dawms.catalog.states import (
     JobState,
 )
 from dawms.ddm_bridge.local import LocalDDM
+from dawms.scheduler import broker, refiner
+from dawms.scheduler.config import SchedulerConfig
 from dawms.scheduler.report import BadReport, StaleReport, pilot_update
+from dawms.scheduler.task import submit
 from dawms.server import schemas
 from dawms.wire import fields as wire_fields
+from factories import claim, make_dataset
 
 NOW = datetime(2030, 1, 2, 3, 4, 5, tzinfo=UTC)
 RECORDS: list[type[wire.Record]] = [
@@ -227,6 +232,28 @@ def test_the_server_applies_every_report_as_the_table_says(db: Database) -> None
 
 
 # ----------------------------------------------------------------- records
+def test_the_spec_the_server_hands_out_is_a_job_spec(
+        db: Database, sites: list[str], tmp_path: Path) -> None:
+    """Built as a record at brokerage, stored, claimed: the pilot's parse gives it back."""
+    ddm = LocalDDM()
+    make_dataset(db, ddm, "w:raw", "SITE_A_DISK", 3, tmp_path)
+    with db.session() as s:
+        submit(s, {"name": "w", "transformation": "true {inputs} {output}",
+                   "input_datasets": ["w:raw"], "output_dataset": "w:out.{task_id}",
+                   "split": {"files_per_job": 2}}, ddm)
+    refiner.run_once(db, ddm)
+    broker.run_once(db, ddm, SchedulerConfig())
+    claimed = claim(db, NOW)
+    assert len(claimed) == 2
+    for fence, stored in claimed.values():
+        handed = {**stored, **fence}  # what acquire_jobs sends
+        spec = wire.JobSpec.from_dict(handed)
+        assert spec.to_dict() == handed
+        assert spec.lease_token == fence["lease_token"] and spec.inputs and spec.log
+        assert all(i.urls and len(i.adler32) == 8 for i in spec.inputs)
+        assert spec.movers == wire.Movers(read=["file"], write=["file"])
+
+
 @pytest.mark.parametrize("cls", RECORDS, ids=RECORD_IDS)
 def test_records_round_trip(cls: type[wire.Record]) -> None:
     data = example(cls)
