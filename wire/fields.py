@@ -61,7 +61,7 @@ class Record:
         return _record(cls, data, cls.WHAT)
 
     def to_dict(self) -> dict[str, Any]:
-        return {f.name: _dump(getattr(self, f.name)) for f in dataclasses.fields(self)}  # type: ignore[arg-type]
+        return {name: _dump(getattr(self, name)) for name, *_ in _plan(type(self))[1]}
 
 
 @cache
@@ -71,41 +71,66 @@ def field_types(cls: type) -> dict[str, Any]:
     return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
 
 
+@cache
+def _plan(cls: type) -> tuple[frozenset[str], tuple[tuple[str, Any, Any, bool], ...]]:
+    """Per record class, once: its field names and (name, hint, rules, required) each."""
+    hints = field_types(cls)
+    fields = tuple((f.name, hints[f.name], f.metadata,
+                    f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING)
+                   for f in dataclasses.fields(cls))
+    return frozenset(f[0] for f in fields), fields
+
+
+@cache
+def _shape(hint: Any) -> tuple[str, Any]:
+    """What kind of value a type hint asks for, and its inner hint(s)."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        (inner,) = [a for a in args if a is not type(None)]
+        return ("optional" if type(None) in args else "union", inner)
+    if isinstance(hint, type) and issubclass(hint, Record):
+        return "record", hint
+    if origin is list:
+        return "list", args[0]
+    if origin is dict:
+        return "dict", args[1]
+    if hint in (bool, int, float, str):
+        return hint.__name__, None
+    raise TypeError(f"unsupported field type {hint!r}")  # a bug in a record
+
+
 def _record(cls: type[Record], data: object, where: str) -> Any:
     if not isinstance(data, Mapping):
         raise WireError(f"{where}: must be an object, got {_kind(data)}")
-    fields = dataclasses.fields(cls)  # type: ignore[arg-type]
-    names = {f.name for f in fields}
+    names, fields = _plan(cls)
     unknown = [k for k in data if k not in names]
     if unknown:
         raise WireError(f"{where}: unknown field(s) {', '.join(map(repr, unknown[:10]))}")
-    hints = field_types(cls)
     values = {}
-    for f in fields:
-        if f.name not in data:
-            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-                raise WireError(f"{where}.{f.name}: missing")
+    for name, hint, rules, required in fields:
+        if name not in data:
+            if required:
+                raise WireError(f"{where}.{name}: missing")
             continue
-        values[f.name] = _check(hints[f.name], data[f.name], f.metadata, f"{where}.{f.name}")
+        values[name] = _check(hint, data[name], rules, f"{where}.{name}")
     return cls(**values)
 
 
 def _check(hint: Any, value: object, rules: Mapping[str, Any], where: str) -> Any:
-    origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        (inner,) = [a for a in args if a is not type(None)]
+    kind, inner = _shape(hint)
+    if kind == "optional":
+        return None if value is None else _check(inner, value, rules, where)
+    if kind == "union":
         return _check(inner, value, rules, where)
-    if isinstance(hint, type) and issubclass(hint, Record):
-        return _record(hint, value, where)
-    if origin is list:
+    if kind == "record":
+        return _record(inner, value, where)
+    if kind == "list":
         if not isinstance(value, list | tuple):
             raise WireError(f"{where}: must be a list, got {_kind(value)}")
         _length(value, rules, where, "items")
         item_rules = rules.get("item", {})
-        return [_check(args[0], v, item_rules, f"{where}[{i}]") for i, v in enumerate(value)]
-    if origin is dict:
+        return [_check(inner, v, item_rules, f"{where}[{i}]") for i, v in enumerate(value)]
+    if kind == "dict":
         if not isinstance(value, Mapping):
             raise WireError(f"{where}: must be an object, got {_kind(value)}")
         _length(value, rules, where, "entries")
@@ -114,32 +139,30 @@ def _check(hint: Any, value: object, rules: Mapping[str, Any], where: str) -> An
         for k, v in value.items():
             if not isinstance(k, str) or not 0 < len(k) <= MAP_KEY_MAX:
                 raise WireError(f"{where}: keys must be strings of 1 to {MAP_KEY_MAX} characters")
-            out[k] = _check(args[1], v, item_rules, f"{where}[{k!r}]")
+            out[k] = _check(inner, v, item_rules, f"{where}[{k!r}]")
         return out
-    if hint is bool:
+    if kind == "bool":
         if type(value) is not bool:
             raise WireError(f"{where}: must be true or false, got {_kind(value)}")
         return value
-    if hint is int:
+    if kind == "int":
         if type(value) is not int:
             raise WireError(f"{where}: must be an integer, got {_kind(value)}")
         return _range(value, rules, where)
-    if hint is float:
+    if kind == "float":
         if type(value) not in (int, float) or not math.isfinite(value):  # type: ignore[arg-type]
             raise WireError(f"{where}: must be a finite number, got {_kind(value)}")
         return _range(value, rules, where)
-    if hint is str:
-        if not isinstance(value, str):
-            raise WireError(f"{where}: must be a string, got {_kind(value)}")
-        _length(value, rules, where, "characters")
-        pattern = rules.get("pattern")
-        if pattern is not None and not pattern.fullmatch(value):
-            raise WireError(f"{where}: {_short(value)} does not match {pattern.pattern}")
-        choices = rules.get("choices")
-        if choices is not None and value not in choices:
-            raise WireError(f"{where}: {_short(value)} is not one of {', '.join(choices)}")
-        return str(value)
-    raise TypeError(f"{where}: unsupported field type {hint!r}")  # a bug in a record
+    if not isinstance(value, str):
+        raise WireError(f"{where}: must be a string, got {_kind(value)}")
+    _length(value, rules, where, "characters")
+    pattern = rules.get("pattern")
+    if pattern is not None and not pattern.fullmatch(value):
+        raise WireError(f"{where}: {_short(value)} does not match {pattern.pattern}")
+    choices = rules.get("choices")
+    if choices is not None and value not in choices:
+        raise WireError(f"{where}: {_short(value)} is not one of {', '.join(choices)}")
+    return str(value)
 
 
 def _range(value: Any, rules: Mapping[str, Any], where: str) -> Any:
