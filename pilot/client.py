@@ -76,11 +76,11 @@ class JobRef:
 
     @classmethod
     def of(cls, spec: JobSpec | Mapping[str, Any]) -> JobRef:
-        """The fence of a job spec (a record, or a raw one whose rest may be malformed)."""
-        if isinstance(spec, JobSpec):
-            return cls(spec.job_id, spec.attempt, spec.lease_token)
-        probe = JobReport.from_dict({k: spec.get(k) for k in ("job_id", "attempt",
-                                                              "lease_token")}
+        """The fence of a claimed job spec (a record, or a raw one whose rest may be
+        malformed), checked as a report will carry it; ``WireError`` if it cannot."""
+        fence = spec.to_dict() if isinstance(spec, JobSpec) else spec
+        probe = JobReport.from_dict({k: fence.get(k) for k in ("job_id", "attempt",
+                                                               "lease_token")}
                                     | {"state": "failed"})
         return cls(probe.job_id, probe.attempt, probe.lease_token)
 

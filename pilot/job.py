@@ -79,8 +79,8 @@ class JobRunner:
                 self.spec, self.bad_spec = None, str(exc)
         try:
             self.ref: JobRef | None = JobRef.of(self.spec or spec)
-        except WireError:
-            self.ref = None
+        except WireError as exc:
+            self.ref, self.bad_spec = None, self.bad_spec or str(exc)
         self.kill_grace_s = kill_grace_s
         self.metrics: dict[str, float | int] = {"bytes_in": 0, "bytes_out": 0}
         self.exit_code: int | None = None  # the payload's, once it ended

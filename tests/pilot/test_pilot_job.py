@@ -150,6 +150,38 @@ def test_walltime_exceeded_is_a_timeout(
     assert stub_server.updates()[-1]["error_category"] == "timeout"
 
 
+@pytest.mark.parametrize(("change", "field"), [
+    ({"inputs": [{"lfn": "x"}]}, "job spec.inputs[0].scope: missing"),
+    ({"cores": "1"}, "job spec.cores: must be an integer"),
+    ({"movers": {"read": ["file"], "sideways": []}}, "job spec.movers: unknown field"),
+    ({"transformation": ""}, "job spec.transformation: 0 characters"),
+])
+def test_a_malformed_spec_is_reported_failed_and_nothing_runs(
+    stub_server: StubServer, client: PilotClient, make_spec: Callable[..., dict[str, Any]],
+    tmp_path: Path, change: dict[str, Any], field: str,
+) -> None:
+    spec = {**make_spec(), **change}
+    result = run_job(client, spec, tmp_path / "work")
+    assert (result.outcome, result.error_category) == (Outcome.FAILED, "pilot")
+    [final] = stub_server.updates()  # no starting, no running: straight to the verdict
+    assert (final["state"], final["error_category"]) == ("failed", "pilot")
+    assert final["error_diag"].startswith(f"malformed job description: {field}")
+    assert not (tmp_path / "work" / "payload.stdout").exists()
+
+
+@pytest.mark.parametrize("fence", [{"job_id": "7"}, {"attempt": 0}, {"lease_token": ""},
+                                   {"job_id": None}])
+def test_a_spec_without_a_valid_fence_is_refused_without_a_report(
+    stub_server: StubServer, client: PilotClient, make_spec: Callable[..., dict[str, Any]],
+    tmp_path: Path, fence: dict[str, Any],
+) -> None:
+    result = run_job(client, {**make_spec(), **fence}, tmp_path / "work")
+    assert result.outcome is Outcome.REFUSED
+    assert result.error_diag.startswith(("job spec.", "job report.")), result.error_diag
+    assert stub_server.updates() == []
+    assert not (tmp_path / "work").exists()
+
+
 def test_stagein_failure_is_reported_before_running(
     client: PilotClient, stub_server: StubServer, make_spec: Callable[..., Spec], tmp_path: Path
 ) -> None:
