@@ -54,8 +54,9 @@ class OutputFile(_PilotBody):
 
 
 MetricName = Annotated[str, Field(min_length=1, max_length=64)]
-Metric = Annotated[float, Field(ge=-wire_reports.METRIC_MAX, le=wire_reports.METRIC_MAX,
-                                allow_inf_nan=False)]
+# a number (an int stays an int, as the record keeps it)
+Metric = Annotated[int | float, Field(ge=-wire_reports.METRIC_MAX, le=wire_reports.METRIC_MAX,
+                                      allow_inf_nan=False)]
 
 
 class JobUpdate(_PilotBody):

@@ -392,6 +392,8 @@ def _model_type(hint: Any, metadata: list[Any]) -> Any:
         base, *extra = typing.get_args(hint)
         return _model_type(base, [*metadata, *(m for e in extra for m in e.metadata)])
     origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, __import__("types").UnionType) and set(args) == {int, float}:
+        return _model_type(float, metadata)  # a number: the record's float takes ints too
     if origin in (typing.Union, __import__("types").UnionType):
         return ("optional", _model_type(next(a for a in args if a is not type(None)), metadata))
     if isinstance(hint, type) and issubclass(hint, BaseModel):
