@@ -25,6 +25,7 @@ from dawms.catalog.db import Database
 from dawms.catalog.models import DataRequest, DataRequestFile, File, Replica, StorageEndpoint
 from dawms.catalog.states import Entity, ReplicaState, RequestState
 from dawms.catalog.transition import transition_many
+from dawms.ddm_bridge.abc import Ran
 from dawms.ddm_bridge.events import apply_request_outcome
 from dawms.storage.checksum import copy_stream, url_checksum
 from dawms.storage.paths import lfn2pfn
@@ -84,8 +85,10 @@ def _copy(item: _Item, dest_url: str) -> _Outcome:
 
 
 def run_once(db: Database, now: datetime | None = None, *, max_requests: int = 5,
-             lease: timedelta = timedelta(minutes=10), batch: int = 16) -> int:
-    """Work on up to ``max_requests`` open local requests; returns files copied."""
+             lease: timedelta = timedelta(minutes=10), batch: int = 16) -> Ran:
+    """Work on up to ``max_requests`` open local requests; returns files copied, full
+    when it found ``max_requests`` requests and claimed some (a claimed request ends
+    or keeps its lease, so it is not taken again at once)."""
     now = now or datetime.now(UTC)
     with db.session() as s:
         ids = list(s.scalars(select(DataRequest.id).where(
@@ -106,7 +109,7 @@ def run_once(db: Database, now: datetime | None = None, *, max_requests: int = 5
             copied += _work(db, rid, batch)
         except Exception:
             log.exception("request %s: the transfer worker failed; its lease will expire", rid)
-    return copied
+    return Ran(copied, full=len(ids) >= max_requests and bool(claimed))
 
 
 def _load(db: Database, rid: int) -> tuple[str, str, list[_Item]]:
