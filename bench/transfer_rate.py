@@ -33,7 +33,6 @@ from dawms.catalog.models import DataRequest, File, StorageEndpoint
 from dawms.catalog.site_config import sync, validate
 from dawms.ddm_bridge.local import LocalDDM, transfer
 from dawms.storage.movers import get_mover
-from dawms.storage.paths import lfn2pfn
 
 
 def main() -> None:
@@ -70,9 +69,9 @@ def main() -> None:
             eps = {e.name: e for e in s.scalars(select(StorageEndpoint))}
             files = ddm.upload(s, "bench:data", paths, eps["A_DISK"])
             req_id = ddm.request_replication(s, files, eps["B_DISK"], name="bench_dis").id
-            expected = [(f.scope, f.name, f.size, f.adler32) for f in files]
-            b_prefix = eps["B_DISK"].url_prefix
-            a_prefix = eps["A_DISK"].url_prefix
+            expected = [(ddm.pfn(eps["A_DISK"], f.scope, f.name), f.name, f.size, f.adler32)
+                        for f in files]
+            b_urls = [ddm.pfn(eps["B_DISK"], "bench", p.name) for p in paths]
         t0 = time.perf_counter()
         while transfer.run_once(db) or _open(db, req_id):
             pass
@@ -84,14 +83,13 @@ def main() -> None:
         work = root / "work"
         work.mkdir()
         t0 = time.perf_counter()
-        for scope, name, size, adler in expected:
-            url = lfn2pfn(a_prefix, scope, name)
+        for url, name, size, adler in expected:
             get_mover(url).get(url, work / name, size=size, adler32=adler)
         stage_s = time.perf_counter() - t0
 
-        for path in paths:
+        for path, b_url in zip(paths, b_urls, strict=True):
             for copy in (root / "cp" / path.name, work / path.name,
-                         Path(lfn2pfn(b_prefix, "bench", path.name).removeprefix("file://"))):
+                         Path(b_url.removeprefix("file://"))):
                 assert filecmp.cmp(path, copy, shallow=False), copy
         with db.session() as s:
             assert s.scalar(select(File.id).where(File.name == paths[0].name))

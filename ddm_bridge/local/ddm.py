@@ -205,20 +205,33 @@ class LocalDDM(DDM):
         session.flush()
         return req
 
-    def poll(self, session: Session, now: datetime) -> list[RequestReport]:
-        """Safety net: report requests whose files are all available but not yet closed."""
-        # one query: each open request with how many of its files are still missing
+    def poll(self, session: Session, now: datetime, *,
+             request_ids: list[int] | None = None) -> list[RequestReport]:
+        """Report open requests that ended: every file available at the destination
+        (done), or given up by the transfer worker, which wrote why (failed). Only
+        those in ``request_ids`` when given (the worker's fast path)."""
+        # one query: each open request, how many of its files are still missing, and
+        # the worker's reason if it gave the request up
         missing = func.count(DataRequestFile.file_id) - func.count(Replica.id)
-        complete = list(session.scalars(
-            select(DataRequest.id)
-            .join(DataRequestFile, DataRequestFile.request_id == DataRequest.id)
-            .outerjoin(Replica, (Replica.file_id == DataRequestFile.file_id)
-                       & (Replica.endpoint_id == DataRequest.endpoint_id)
-                       & (Replica.state == ReplicaState.AVAILABLE))
-            .where(DataRequest.ddm == self.name, DataRequest.state == RequestState.REQUESTED)
-            .group_by(DataRequest.id).having(missing == 0)))
-        return [RequestReport(Outcome.DONE, dedup_key=f"local:{rid}:done", request_id=rid)
-                for rid in complete]
+        query = (select(DataRequest.id, missing, DataRequest.error)
+                 .join(DataRequestFile, DataRequestFile.request_id == DataRequest.id)
+                 .outerjoin(Replica, (Replica.file_id == DataRequestFile.file_id)
+                            & (Replica.endpoint_id == DataRequest.endpoint_id)
+                            & (Replica.state == ReplicaState.AVAILABLE))
+                 .where(DataRequest.ddm == self.name,
+                        DataRequest.state == RequestState.REQUESTED)
+                 .group_by(DataRequest.id, DataRequest.error).order_by(DataRequest.id))
+        if request_ids is not None:
+            query = query.where(DataRequest.id.in_(request_ids))
+        reports = []
+        for rid, n_missing, error in session.execute(query):
+            if n_missing == 0:
+                reports.append(RequestReport(Outcome.DONE, dedup_key=f"local:{rid}:done",
+                                             request_id=rid))
+            elif error:
+                reports.append(RequestReport(Outcome.FAILED, dedup_key=f"local:{rid}:failed",
+                                             request_id=rid, error=error))
+        return reports
 
     def daemons(self) -> list[DaemonSpec]:
         from .transfer import run_once
