@@ -27,6 +27,7 @@ import contextlib
 import logging
 import os
 import random
+import ssl
 import time
 from abc import ABC, abstractmethod
 from concurrent.futures import ThreadPoolExecutor
@@ -195,14 +196,25 @@ class FsspecMover(Mover):
     def is_retryable(self, exc: BaseException) -> bool:
         if isinstance(exc, MoverError):
             return exc.retryable
+        cause: BaseException | None = exc
+        for _ in range(10):  # an untrusted certificate stays untrusted, however deep
+            if cause is None:
+                break
+            if isinstance(cause, ssl.SSLCertVerificationError):
+                return False
+            cause = cause.__cause__ or cause.__context__
         return not isinstance(exc, _PERMANENT)
 
     # --- the copies --------------------------------------------------------
 
+    def open_block_size(self) -> int:
+        """The block size to open remote files with (some backends have a minimum)."""
+        return self.block_size
+
     def download(self, fs: Any, path: str, tmp: Path, digests: Digests,
                  deadline: float) -> None:
         """Stream ``path`` into the local ``tmp``; a second thread hashes ``tmp``."""
-        with fs.open(path, "rb", block_size=self.block_size) as src, \
+        with fs.open(path, "rb", block_size=self.open_block_size()) as src, \
                 open(tmp, "wb", buffering=0) as out:
             hasher = FollowingHasher(tmp, digests)
             hasher.start()
@@ -224,7 +236,7 @@ class FsspecMover(Mover):
     def upload(self, src: Path, fs: Any, path: str, digests: Digests, deadline: float) -> None:
         """Stream the local ``src`` to ``path``, hashing each block while it is sent."""
         with open(src, "rb", buffering=0) as fin, \
-                fs.open(path, "wb", block_size=self.block_size) as out, \
+                fs.open(path, "wb", block_size=self.open_block_size()) as out, \
                 ThreadPoolExecutor(1, thread_name_prefix="dawms-hasher") as pool:
             while True:
                 _check_deadline(deadline, path)
