@@ -23,12 +23,17 @@ from fsspec.core import url_to_fs  # noqa: E402
 from dawms.storage.checksum import b64_to_hex, crc32c_available  # noqa: E402
 from dawms.storage.movers.base import FsspecMover  # noqa: E402
 
+MIN_BLOCK = 2**18  # gcsfs's smallest block
+
 
 class GCSMover(FsspecMover):
     """Copies to and from ``gs://bucket/object`` URLs."""
 
     schemes = ("gs",)
     server_algorithms = ("crc32c", "md5") if crc32c_available() else ("md5",)
+
+    def open_block_size(self) -> int:
+        return max(MIN_BLOCK, self.block_size)
 
     def fs_for(self, url: str) -> tuple[Any, str]:
         return url_to_fs(url, **self.storage_options)
