@@ -30,8 +30,11 @@ import random
 import ssl
 import time
 from abc import ABC, abstractmethod
+from collections import deque
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +42,6 @@ from fsspec.core import url_to_fs
 
 from dawms.storage.checksum import (
     CHUNK_SIZE,
-    COPY_CHUNK,
     Digests,
     FollowingHasher,
     copy_stream,
@@ -180,7 +182,9 @@ class FsspecMover(Mover):
     #: digest algorithms the server can confirm, computed alongside adler32
     server_algorithms: tuple[str, ...] = ()
     #: bytes per read from / write to the remote side
-    block_size: int = COPY_CHUNK
+    block_size: int = 16 * 1024 * 1024
+    #: ranged reads in flight during a get (1: one sequential stream)
+    read_parallelism: int = 1
 
     # --- hooks -------------------------------------------------------------
 
@@ -214,6 +218,9 @@ class FsspecMover(Mover):
     def download(self, fs: Any, path: str, tmp: Path, digests: Digests,
                  deadline: float) -> None:
         """Stream ``path`` into the local ``tmp``; a second thread hashes ``tmp``."""
+        if self.read_parallelism > 1:
+            self.download_ranges(fs, path, tmp, digests, deadline)
+            return
         with fs.open(path, "rb", block_size=self.open_block_size()) as src, \
                 open(tmp, "wb", buffering=0) as out:
             hasher = FollowingHasher(tmp, digests)
@@ -229,6 +236,60 @@ class FsspecMover(Mover):
                         view = view[out.write(view):]
                     hasher.advance(len(chunk))
             except BaseException:
+                hasher.abort()
+                raise
+            hasher.finish()
+
+    def download_ranges(self, fs: Any, path: str, tmp: Path, digests: Digests,
+                        deadline: float) -> None:
+        """Read ``path`` as consecutive ranges, ``read_parallelism`` in flight (as
+        xrdcp does), each written at its offset; the hasher follows the prefix
+        that is complete, so adler32 is still of the bytes in ``tmp``, in order."""
+        with self.range_reader(fs, path) as (total, read_range):
+            self._download_ranges(path, tmp, digests, deadline, total, read_range)
+
+    @contextlib.contextmanager
+    def range_reader(self, fs: Any, path: str
+                     ) -> Iterator[tuple[int, Callable[[int, int], bytes]]]:
+        """(size, read(offset, length)) for ``path``; ``read`` is called from several
+        threads at once. The default asks fsspec for each range."""
+        yield int(fs.size(path)), lambda offset, n: fs.cat_file(path, start=offset,
+                                                                   end=offset + n)
+
+    def _download_ranges(self, path: str, tmp: Path, digests: Digests, deadline: float,
+                         total: int, read_range: Callable[[int, int], bytes]) -> None:
+        chunk = self.block_size
+        offsets = iter(range(0, total, chunk))
+
+        def read(fd: int, offset: int) -> int:
+            data = read_range(offset, min(chunk, total - offset))
+            view = memoryview(data)
+            while view:
+                done = os.pwrite(fd, view, offset)
+                view, offset = view[done:], offset + done
+            return len(data)
+
+        with open(tmp, "wb", buffering=0) as out, \
+                ThreadPoolExecutor(self.read_parallelism, thread_name_prefix="dawms-read") as pool:
+            hasher = FollowingHasher(tmp, digests)
+            hasher.start()
+            try:
+                pending = deque((off, pool.submit(read, out.fileno(), off))
+                                for off in islice(offsets, self.read_parallelism))
+                while pending:
+                    offset, future = pending.popleft()
+                    got = future.result()
+                    if got != min(chunk, total - offset):
+                        raise TruncatedTransfer(f"{path}: {got} bytes at offset {offset}, "
+                                                f"expected {min(chunk, total - offset)}")
+                    hasher.advance(got)
+                    _check_deadline(deadline, path)
+                    nxt = next(offsets, None)
+                    if nxt is not None:
+                        pending.append((nxt, pool.submit(read, out.fileno(), nxt)))
+            except BaseException:
+                for _, future in pending:
+                    future.cancel()
                 hasher.abort()
                 raise
             hasher.finish()
