@@ -137,6 +137,14 @@ def copy_stream(src: BinaryIO, dst: BinaryIO | None = None) -> tuple[int, str]:
     return size, format_adler32(value)
 
 
+def hash_file(f: BinaryIO, digests: Digests, chunk: int = COPY_CHUNK) -> Digests:
+    """Feed an open binary file, from where it stands to its end, into ``digests``."""
+    view = memoryview(bytearray(chunk))
+    while n := f.readinto(view):  # type: ignore[attr-defined]
+        digests.update(view[:n])
+    return digests
+
+
 def file_adler32(path: str | os.PathLike[str]) -> tuple[int, str]:
     """(size, adler32) of a local file."""
     with open(path, "rb") as f:

@@ -38,6 +38,7 @@ from itertools import islice
 from pathlib import Path
 from typing import Any
 
+from fsspec.callbacks import Callback
 from fsspec.core import url_to_fs
 
 from dawms.storage.checksum import (
@@ -45,6 +46,7 @@ from dawms.storage.checksum import (
     Digests,
     FollowingHasher,
     copy_stream,
+    hash_file,
     normalize_adler32,
 )
 
@@ -185,6 +187,9 @@ class FsspecMover(Mover):
     block_size: int = 16 * 1024 * 1024
     #: ranged reads in flight during a get (1: one sequential stream)
     read_parallelism: int = 1
+    #: copy with the backend's own get_file/put_file (its concurrency and request
+    #: sizes), hashing the local side beside it; else stream through open()
+    native_copy: bool = True
 
     # --- hooks -------------------------------------------------------------
 
@@ -217,9 +222,16 @@ class FsspecMover(Mover):
 
     def download(self, fs: Any, path: str, tmp: Path, digests: Digests,
                  deadline: float) -> None:
-        """Stream ``path`` into the local ``tmp``; a second thread hashes ``tmp``."""
+        """Copy ``path`` into the local ``tmp`` and compute the digests of ``tmp``."""
         if self.read_parallelism > 1:
             self.download_ranges(fs, path, tmp, digests, deadline)
+            return
+        if self.native_copy:
+            # the backend may write parts out of order: hash once the file is complete
+            # (a page-cache read at several GB/s next to a network transfer)
+            fs.get_file(path, os.fspath(tmp), callback=_DeadlineCallback(deadline, path))
+            with open(tmp, "rb", buffering=0) as f:
+                hash_file(f, digests)
             return
         with fs.open(path, "rb", block_size=self.open_block_size()) as src, \
                 open(tmp, "wb", buffering=0) as out:
@@ -295,7 +307,18 @@ class FsspecMover(Mover):
             hasher.finish()
 
     def upload(self, src: Path, fs: Any, path: str, digests: Digests, deadline: float) -> None:
-        """Stream the local ``src`` to ``path``, hashing each block while it is sent."""
+        """Copy the local ``src`` to ``path``, hashing it while it is sent."""
+        if self.native_copy:
+            with ThreadPoolExecutor(1, thread_name_prefix="dawms-hasher") as pool, \
+                    open(src, "rb", buffering=0) as fin:
+                hashed = pool.submit(hash_file, fin, digests)
+                try:
+                    fs.put_file(os.fspath(src), path, callback=_DeadlineCallback(deadline, path))
+                finally:
+                    hashed.result()
+            if digests.size != src.stat().st_size:
+                raise MoverError(f"{src} changed while it was sent", retryable=True)
+            return
         with open(src, "rb", buffering=0) as fin, \
                 fs.open(path, "wb", block_size=self.open_block_size()) as out, \
                 ThreadPoolExecutor(1, thread_name_prefix="dawms-hasher") as pool:
@@ -454,6 +477,18 @@ class FsspecMover(Mover):
             raise SizeMismatch(f"{url}: destination holds {stored} bytes, sent {digests.size}",
                                url=url)
         return digests, self._compare_server(fs, path, url, digests)
+
+
+class _DeadlineCallback(Callback):
+    """Ends a backend's own copy once the per-file deadline has passed."""
+
+    def __init__(self, deadline: float, path: str) -> None:
+        super().__init__()
+        self.deadline = deadline
+        self.path = path
+
+    def call(self, *args: Any, **kwargs: Any) -> None:
+        _check_deadline(self.deadline, self.path)
 
 
 def _check_deadline(deadline: float, path: str) -> None:

@@ -44,6 +44,7 @@ class XRootDMover(FsspecMover):
     schemes = ("root",)
     #: reads in flight during a get, like xrdcp's XRD_CPPARALLELCHUNKS
     read_parallelism = 4
+    native_copy = False  # fsspec-xrootd has no put_file; gets read ranges (above)
     block_size = 8 * 1024 * 1024
 
     def fs_for(self, url: str) -> tuple[Any, str]:
