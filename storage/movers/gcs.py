@@ -5,8 +5,8 @@ imported (unless the operator set it): otherwise every bucket operation first
 probes the bucket type and, against an emulator or a private endpoint, hangs
 60 s. Storage options go to ``gcsfs.GCSFileSystem`` (``endpoint_url``,
 ``token``, ``project``, ...). GCS keeps a CRC32C and, for non-composite
-objects, an MD5 of every object: the mover computes them while copying
-(CRC32C with google-crc32c when installed) and compares them with the
+objects, an MD5 of every object: the mover computes the CRC32C (with
+google-crc32c; the MD5 where that is not installed) and compares it with the
 server's after every get and put.
 """
 
@@ -30,7 +30,9 @@ class GCSMover(FsspecMover):
     """Copies to and from ``gs://bucket/object`` URLs."""
 
     schemes = ("gs",)
-    server_algorithms = ("crc32c", "md5") if crc32c_available() else ("md5",)
+    # crc32c runs at GB/s (google-crc32c, hardware); md5 at 0.2-0.6 GB/s on a loaded
+    # core, so it is computed only where crc32c cannot be
+    server_algorithms = ("crc32c",) if crc32c_available() else ("md5",)
 
     def open_block_size(self) -> int:
         return max(MIN_BLOCK, self.block_size)
