@@ -192,6 +192,28 @@ class MoverConformance:
             mover.get(f"{url_base}/flaky", tmp_path / "flaky2", size=10)
         assert err.value.url == f"{url_base}/flaky" and len(calls) == 2
 
+    def test_a_stream_that_ends_early_is_retried(
+        self, mover: Mover, url_base: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        data = os.urandom(100_000)
+        self.put_bytes(mover, f"{url_base}/short", data, tmp_path)
+        real = mover.download
+        calls = []
+
+        def short_once(fs: Any, path: str, tmp: Path, digests: Any, deadline: float) -> None:
+            calls.append(1)
+            if len(calls) == 1:  # the connection closed cleanly half way: no exception
+                tmp.write_bytes(data[:50_000])
+                digests.update(data[:50_000])
+                return
+            real(fs, path, tmp, digests, deadline)
+
+        monkeypatch.setattr(mover, "download", short_once)
+        monkeypatch.setattr(mover, "settings", FAST_RETRY)
+        got = mover.get(f"{url_base}/short", tmp_path / "short", size=len(data),
+                        adler32=adler(data))
+        assert got.attempts == 2 and (tmp_path / "short").read_bytes() == data
+
     def test_permanent_errors_are_not_retried(
         self, mover: Mover, url_base: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     ) -> None:
