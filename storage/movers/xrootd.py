@@ -27,14 +27,14 @@ from dawms.storage.checksum import Digests, normalize_adler32
 from dawms.storage.movers.base import FsspecMover
 
 DEFAULT_TIMEOUT_S = 60
-#: XRootD status codes that no retry can cure: kXR_NotAuthorized, kXR_NotFound, kXR_isDirectory
-PERMANENT_CODES = ("[3010]", "[3011]", "[3016]")
 
 
 def _status_error(status: Any, path: str) -> OSError:
-    """An XRootD status as the OSError fsspec-xrootd would raise (errno from the server)."""
-    if status.errno == 3011:
+    """An XRootD status as an OSError; the ones no retry can cure as their subclass."""
+    if status.errno == 3011:  # kXR_NotFound
         return FileNotFoundError(f"{path}: {status.message}")
+    if status.errno == 3010:  # kXR_NotAuthorized
+        return PermissionError(f"{path}: {status.message}")
     return OSError(f"XRootD error: {status.message}")
 
 
@@ -76,11 +76,6 @@ class XRootDMover(FsspecMover):
             yield int(stat.size), read
         finally:
             handle.close(timeout=timeout)
-
-    def is_retryable(self, exc: BaseException) -> bool:
-        if isinstance(exc, OSError) and any(code in str(exc) for code in PERMANENT_CODES):
-            return False
-        return super().is_retryable(exc)
 
     def upload(self, src: Path, fs: Any, path: str, digests: Digests, deadline: float) -> None:
         # Replace, never write over: opening an existing file for writing keeps the
