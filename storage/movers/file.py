@@ -2,10 +2,11 @@
 
 The embedded DDM keeps each site's storage as a directory, so this is the mover
 every dawms installation has. It is ``FsspecMover`` over fsspec's local
-filesystem with a fast path: the kernel copies (``copy_file_range``) while a
-second thread computes adler32 of the destination (``copy_local_file``), so a
-verified copy runs at close to ``cp`` speed. A put writes a hidden temporary
-file and renames it into place, so readers never see a partial file.
+filesystem with a fast path: large reads and writes through two alternating
+buffers while a second thread computes adler32 of each block
+(``copy_local_file``), so a verified copy runs at close to ``cp`` speed. A
+put writes a hidden temporary file and renames it into place, so readers never
+see a partial file.
 """
 
 from __future__ import annotations
