@@ -18,8 +18,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import posixpath
 import time
-import zlib
+import uuid
 from collections.abc import Iterable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -43,6 +44,7 @@ from dawms.ddm_bridge.abc import (
     RequestReport,
     UnknownDataset,
 )
+from dawms.storage.checksum import copy_stream, file_adler32
 
 from . import cache
 from .gate import RucioGate, RucioUnavailable
@@ -56,15 +58,6 @@ CHUNK = 1000  # Rucio's bulk calls take at most this many DIDs
 def _chunks(items: list[Any], n: int = CHUNK) -> Iterable[list[Any]]:
     for start in range(0, len(items), n):
         yield items[start:start + n]
-
-
-def _adler32_of(path: Path) -> tuple[int, str]:
-    value, size = 1, 0
-    with open(path, "rb") as fh:
-        while block := fh.read(1 << 20):
-            value = zlib.adler32(block, value)
-            size += len(block)
-    return size, f"{value:08x}"
 
 
 class RucioDDM(DDM):
@@ -236,7 +229,7 @@ class RucioDDM(DDM):
             except RuleNotFound:
                 reports.append(RequestReport(Outcome.CANCELLED, f"rucio:rule:{rule_id}:gone",
                                              external_id=rule_id,
-                                             error="ddm.rule_deleted: the rule is gone"))
+                                             error=f"ddm.rule_deleted: rule {rule_id} is gone"))
                 continue
             if (rep := self.judge_rule(session, req, rule, now)) is not None:
                 reports.append(rep)
@@ -250,6 +243,12 @@ class RucioDDM(DDM):
         if state == "OK":
             cache.mark_request_arrived(session, req, now)
             return RequestReport(Outcome.DONE, done_key(rule_id), external_id=rule_id)
+        expires = rule.get("expires_at")
+        if isinstance(expires, datetime) and expires.replace(tzinfo=expires.tzinfo or UTC) <= now:
+            # deleted (Rucio sets expires_at = now; its cleaner removes it later) or expired
+            return RequestReport(Outcome.CANCELLED, f"rucio:rule:{rule_id}:gone",
+                                 external_id=rule_id,
+                                 error=f"ddm.rule_deleted: rule {rule_id} was deleted or expired")
         if state in ("STUCK", "SUSPENDED"):
             return self.count_failure(session, req, f"ddm.stuck: rule {rule_id} is {state}: "
                                       f"{rule.get('error') or 'no reason given'}", now)
@@ -360,50 +359,33 @@ class RucioDDM(DDM):
 
     def upload(self, session: Session, did: str, paths: Iterable[str | Path],
                endpoint: StorageEndpoint) -> list[File]:
-        """Upload with Rucio's own upload client (its protocols, its checksums)."""
-        scope, name = split_did(did)
+        """Copy files to the PFNs Rucio names on the endpoint's RSE, then register them.
+
+        As ``rucio upload`` does: every file is checksummed first and a name Rucio
+        holds with other bytes refuses the whole upload before a byte moves; each
+        copy goes to a temporary name, is verified (size, adler32) and renamed into
+        place; only then are the replicas registered and attached to ``did``. The
+        same bytes again change nothing.
+        """
+        scope, _ = split_did(did)
         sources: dict[str, tuple[Path, FileInfo]] = {}
         for raw in paths:
             path = Path(raw)
             if not path.is_file():
                 raise RegistrationError(f"{path} is not a file; nothing was uploaded")
-            size, adler = _adler32_of(path)
+            size, adler = file_adler32(path)
             info = FileInfo(scope=scope, name=path.name, size=size, adler32=adler)
             if (seen := sources.get(info.name)) and (seen[1].size, seen[1].adler32) != \
                     (size, adler):
                 raise RegistrationError(f"{seen[0]} and {path} are both {scope}:{info.name} "
                                         "but differ; nothing was uploaded")
             sources[info.name] = (path, info)
-        self._refuse_conflicts([i for _, i in sources.values()])
-        rse = endpoint.rse_name
-
-        def put(c: Any) -> None:
-            from rucio.client.uploadclient import UploadClient
-            from rucio.common.exception import DataIdentifierAlreadyExists
-
-            with contextlib.suppress(DataIdentifierAlreadyExists):
-                c.add_did(scope, name, "DATASET")
-            there = {(r["scope"], r["name"]) for r in c.list_replicas(
-                [{"scope": scope, "name": n} for n in sources], rse_expression=rse)} \
-                if sources else set()
-            items = [{"path": str(p), "rse": rse, "did_scope": scope, "did_name": i.name,
-                      "dataset_scope": scope, "dataset_name": name, "no_register": False}
-                     for p, i in sources.values() if (scope, i.name) not in there]
-            if items:
-                UploadClient(_client=c, logger=log).upload(items)
-            done = [{"scope": scope, "name": n} for n in sources if (scope, n) in there]
-            if done:
-                c.add_files_to_datasets([{"scope": scope, "name": name, "dids": done}],
-                                        ignore_duplicate=True)
-
-        try:
-            self.gate.call(f"uploading {len(sources)} files to {did} at {rse}", put)
-        except (RucioUnavailable, RegistrationError):
-            raise
-        except Exception as exc:
-            raise RegistrationError(f"Rucio upload to {rse} failed: {type(exc).__name__}: "
-                                    f"{str(exc).splitlines()[0] if str(exc) else ''}") from exc
-        return self._cache_registered(session, did, [i for _, i in sources.values()], endpoint)
+        infos = [i for _, i in sources.values()]
+        self._refuse_conflicts(infos)
+        urls = self.pfns(endpoint, [(scope, n) for n in sources])
+        for path, info in sources.values():
+            _put(path, info, urls[(scope, info.name)])
+        return self.register_outputs(session, did, infos, endpoint)
 
     # ------------------------------------------------------------- housekeeping calls
     def close_dataset(self, did: str) -> None:
@@ -425,6 +407,28 @@ class RucioDDM(DDM):
                 c.delete_replication_rule(rule_id, purge_replicas=False)
 
         self.gate.call(f"deleting rule {rule_id}", delete)
+
+
+def _put(path: Path, info: FileInfo, url: str) -> None:
+    """Copy ``path`` to ``url`` through a temporary name, verified on the way."""
+    fs, dst = fsspec.core.url_to_fs(url)
+    if fs.exists(dst) and fs.size(dst) == info.size:
+        with fs.open(dst, "rb") as fh:
+            if copy_stream(fh)[1] == info.adler32:
+                return  # the same bytes are there already
+    fs.makedirs(posixpath.dirname(dst), exist_ok=True)
+    tmp = f"{dst}.upload-{uuid.uuid4().hex[:12]}"
+    try:
+        with open(path, "rb") as src, fs.open(tmp, "wb") as out:
+            size, adler = copy_stream(src, out)
+        if (size, adler) != (info.size, info.adler32):
+            raise RegistrationError(f"{path} changed while it was uploaded "
+                                    f"({info.size} {info.adler32} -> {size} {adler})")
+        fs.mv(tmp, dst)
+    except BaseException:
+        if fs.exists(tmp):
+            fs.rm(tmp)
+        raise
 
 
 def _plain(pfn: str) -> str:
