@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import os
 import re
+import socket
 import subprocess
+import sys
 import tempfile
 import time
 import urllib.request
@@ -163,3 +165,54 @@ def pump(rucio_server: str, tmp_path_factory: pytest.TempPathFactory) -> Callabl
         return time.monotonic() - t0
 
     return run
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def dawms_server(db: Database, world: World, rucio_settings: RucioSettings,
+                 tmp_path: Path) -> Iterator[Callable[..., str]]:
+    """``dawms_server(**env)``: a real `dawms server` process in Rucio mode over ``db``.
+
+    SITE_A's queue takes no new work (brokeroff), so a job over data at SITE_A's RSE
+    runs at SITE_B and its inputs must be replicated there by Rucio.
+    """
+    procs: list[tuple[subprocess.Popen[bytes], object]] = []
+
+    def start(**extra: str) -> str:
+        cfg = site_file(world)
+        cfg["queue"][0]["status"] = "brokeroff"
+        with db.session() as s:
+            sync(s, validate(cfg), actor="test", source="rucio e2e")
+        port = _free_port()
+        env = {**os.environ, "DAWMS_DB_URL": db.url, "DAWMS_DDM": "rucio",
+               "DAWMS_RUCIO_HOST": str(rucio_settings.host), "DAWMS_RUCIO_ACCOUNT": "root",
+               "DAWMS_RUCIO_AUTH_TYPE": "userpass", "DAWMS_RUCIO_USERNAME": "ddmlab",
+               "DAWMS_RUCIO_PASSWORD": "secret", "DAWMS_RUCIO_CACHE_TTL_S": "0",
+               "DAWMS_HEARTBEAT_S": "1", "DAWMS_INTERVAL_S": "1",
+               "DAWMS_SENT_TIMEOUT_S": "60", "DAWMS_HEARTBEAT_TIMEOUT_S": "30", **extra}
+        log = open(tmp_path / f"server-{port}.log", "wb")  # noqa: SIM115 (closed at the end)
+        proc = subprocess.Popen([sys.executable, "-m", "dawms", "-v", "server", "--port",
+                                 str(port)], env=env, stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+        procs.append((proc, log))
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 60
+        while True:
+            assert proc.poll() is None, (tmp_path / f"server-{port}.log").read_text()
+            try:
+                with urllib.request.urlopen(f"{url}/api/v1/ping", timeout=1):
+                    return url
+            except OSError:
+                assert time.monotonic() < deadline, "the dawms server did not start"
+                time.sleep(0.2)
+
+    yield start
+    for proc, log in procs:
+        proc.terminate()
+        proc.wait(20)
+        log.close()  # type: ignore[attr-defined]
