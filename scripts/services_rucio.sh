@@ -148,13 +148,28 @@ if ! ping_ok; then
   ping_ok || { echo "services: the Rucio server did not answer; see $DIR/gunicorn.log" >&2; exit 1; }
 fi
 
-# 6. RabbitMQ's STOMP plugin on 127.0.0.1:61613 only (hermes -> STOMP consumer)
+# 6. RabbitMQ's STOMP plugin on 127.0.0.1:61613 only (hermes -> STOMP consumer); the
+#    machine's RabbitMQ is started if it is not running (after a restart the plugin would
+#    listen on every interface: it is re-enabled with the loopback listener)
 stomp_ok() { (exec 3<>/dev/tcp/127.0.0.1/61613) 2>/dev/null; }
-if ! stomp_ok && command -v rabbitmqctl >/dev/null 2>&1; then
-  echo "services: enabling RabbitMQ's STOMP plugin on 127.0.0.1:61613"
-  rabbitmqctl -q eval 'application:load(rabbitmq_stomp), application:set_env(rabbitmq_stomp, tcp_listeners, [{"127.0.0.1", 61613}]).' >/dev/null
-  rabbitmq-plugins -q enable rabbitmq_stomp >/dev/null
-  for _ in $(seq 1 60); do stomp_ok && break; sleep 0.5; done
+stomp_loopback_only() {
+  ss -ltn 'sport = :61613' 2>/dev/null | grep -q '127.0.0.1:61613' && \
+    ! ss -ltn 'sport = :61613' 2>/dev/null | grep -qE '(\*|0\.0\.0\.0|\[::\]):61613'
+}
+if command -v rabbitmqctl >/dev/null 2>&1; then
+  if ! rabbitmqctl -q status >/dev/null 2>&1; then
+    echo "services: starting RabbitMQ"
+    if [ -x /etc/init.d/rabbitmq-server ]; then /etc/init.d/rabbitmq-server start >/dev/null
+    else rabbitmq-server -detached; fi
+    for _ in $(seq 1 60); do rabbitmqctl -q status >/dev/null 2>&1 && break; sleep 1; done
+  fi
+  if ! stomp_ok || ! stomp_loopback_only; then
+    echo "services: enabling RabbitMQ's STOMP plugin on 127.0.0.1:61613"
+    rabbitmq-plugins -q disable rabbitmq_stomp >/dev/null 2>&1 || true
+    rabbitmqctl -q eval 'application:load(rabbitmq_stomp), application:set_env(rabbitmq_stomp, tcp_listeners, [{"127.0.0.1", 61613}]).' >/dev/null
+    rabbitmq-plugins -q enable rabbitmq_stomp >/dev/null
+    for _ in $(seq 1 60); do stomp_ok && break; sleep 0.5; done
+  fi
 fi
 stomp_ok || echo "services: no STOMP broker on 127.0.0.1:61613 (the STOMP tests will fail)" >&2
 
