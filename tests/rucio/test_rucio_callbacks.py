@@ -20,8 +20,17 @@ from rucio_helpers import World, make_rucio_dataset, unique, wait_for
 from sqlalchemy import func, select
 
 from dawms.catalog.db import Database
-from dawms.catalog.models import DataRequest, DDMEvent, File, Replica, StorageEndpoint, Task
-from dawms.catalog.states import Entity, TaskState
+from dawms.catalog.models import (
+    DataRequest,
+    DDMEvent,
+    File,
+    Job,
+    JobFile,
+    Replica,
+    StorageEndpoint,
+    Task,
+)
+from dawms.catalog.states import Entity, JobState, TaskState
 from dawms.catalog.transition import transition_many
 from dawms.ddm_bridge.events import apply_request_outcome
 from dawms.ddm_bridge.rucio import housekeeping
@@ -156,6 +165,10 @@ def test_transfer_failed_messages_fail_the_request_after_max_tries(
         late = parse_body(json.dumps(rule_ok(rule_id, rucio_sites.scope, name)))
         assert apply_messages(s, ddm, late, source="http", now=now) == {"stale": 1}
     assert state(db, req_id) == "failed"
+    with db.session() as s:  # ...and its files are not taken for arrived
+        rows = s.execute(select(File.name, Replica.state).join(Replica).join(StorageEndpoint)
+                         .where(StorageEndpoint.name == "SITE_B_DISK", File.name.in_(files)))
+        assert dict(rows.all()) == {f: "copying" for f in files}
 
 
 def test_stomp_consumer_stores_then_acks_and_survives_garbage(
@@ -216,13 +229,25 @@ def test_housekeeping_closes_outputs_and_deletes_rules_no_job_needs(
                    resources={}, retry={}))
     assert housekeeping.run_once(db, rucio_ddm) == 0  # the task runs, the request is open
     assert rucio_client.get_did(scope, out_name)["open"] is True
-    with db.session() as s:  # the task ends, the request is done
+    with db.session() as s:  # the task ends, the request is done; a queued job still reads it
         task_id = s.scalar(select(Task.id))
         transition_many(s, Entity.TASK, [task_id], TaskState.DONE,
                         expected=TaskState.RUNNING, actor="test")
         apply_request_outcome(s, source="test", dedup_key="t", outcome="done",
                               request_id=req_id, now=datetime.now(UTC))
-    assert housekeeping.run_once(db, rucio_ddm) == 2
+        job = Job(task_id=task_id, job_index=1, state=JobState.ACTIVATED)
+        s.add(job)
+        s.flush()
+        s.add(JobFile(job_id=job.id, type="in", scope=scope, lfn="x", dataset=out,
+                      request_id=req_id))
+    assert housekeeping.run_once(db, rucio_ddm) == 1  # closed the output; the rule stays
+    assert rucio_client.get_did(scope, out_name)["open"] is False
+    assert (rucio_client.get_replication_rule(rule_id)["expires_at"].replace(tzinfo=UTC)
+            - datetime.now(UTC)).total_seconds() > 86400
+    with db.session() as s:
+        transition_many(s, Entity.JOB, [job.id], JobState.CLOSED,
+                        expected=JobState.ACTIVATED, actor="test")
+    assert housekeeping.run_once(db, rucio_ddm) == 1  # now no job needs it
     assert rucio_client.get_did(scope, out_name)["open"] is False
     expires = rucio_client.get_replication_rule(rule_id)["expires_at"]
     assert (expires.replace(tzinfo=UTC) - datetime.now(UTC)).total_seconds() <= 3600  # deleted
