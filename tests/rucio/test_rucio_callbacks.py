@@ -120,6 +120,9 @@ def test_http_plain_json_and_bad_bodies_change_nothing(
         assert state(db, req_id) == "requested"
     huge = app_client.post("/api/v1/ddm/rucio/messages", content=b" " * (16 * 1024 * 1024 + 1))
     assert huge.status_code == 413
+    chunked = app_client.post("/api/v1/ddm/rucio/messages",  # no Content-Length to trust
+                              content=iter([b" " * (1 << 20)] * 17))
+    assert chunked.status_code == 413 and "over" in chunked.json()["message"]
     # one plain JSON object (a STOMP body posted by hand) is fine
     resp = app_client.post("/api/v1/ddm/rucio/messages",
                            json={"event_type": "datasetlock_ok", "payload": good["payload"]})
