@@ -131,8 +131,8 @@ def cmd_data_upload(args: argparse.Namespace, st: Settings) -> int:
     from dawms.catalog.db import Database
     from dawms.catalog.models import StorageEndpoint
     from dawms.catalog.names import split_did
-    from dawms.ddm_bridge.abc import RegistrationError
-    from dawms.ddm_bridge.local import LocalDDM
+    from dawms.ddm_bridge import get_ddm
+    from dawms.ddm_bridge.abc import DDMError
 
     try:
         split_did(args.dataset)
@@ -147,12 +147,12 @@ def cmd_data_upload(args: argparse.Namespace, st: Settings) -> int:
             if ep is None:
                 print(f"error: no endpoint {args.endpoint}", file=sys.stderr)
                 return 2
-            files = LocalDDM().upload(s, args.dataset, args.files, ep)
+            files = get_ddm(st.ddm).upload(s, args.dataset, args.files, ep)
     except OSError as exc:
         where = f"{exc.filename}: " if exc.filename else ""
         print(f"error: {where}{exc.strerror or exc}; nothing was registered", file=sys.stderr)
         return 2
-    except RegistrationError as exc:
+    except DDMError as exc:  # refused (RegistrationError) or the DDM is unreachable
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(f"{len(files)} files in {args.dataset} at {args.endpoint}")
@@ -298,7 +298,8 @@ def build_parser() -> argparse.ArgumentParser:
     sy.add_argument("--json", action="store_true")
     sy.set_defaults(fn=cmd_sites_sync)
 
-    data = sub.add_parser("data", help="the local DDM").add_subparsers(dest="sub", required=True)
+    data = sub.add_parser("data", help="data in the DDM (local or Rucio)").add_subparsers(
+        dest="sub", required=True)
     up = data.add_parser("upload", help="copy files to an endpoint and register them")
     up.add_argument("dataset", help="scope:name")
     up.add_argument("files", nargs="+")
