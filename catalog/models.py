@@ -71,7 +71,7 @@ class StorageEndpoint(Base):
     url_prefix: Mapped[str] = mapped_column(String(1024))
     quota_bytes: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     # the Rucio RSE this endpoint is, in Rucio mode; "" means the endpoint's own name
-    rse: Mapped[str] = mapped_column(String(128), default="", server_default="")
+    rse: Mapped[str] = mapped_column(String(128), default="")
     site: Mapped[Site] = relationship()
 
     @property

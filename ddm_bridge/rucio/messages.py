@@ -12,7 +12,9 @@ plain JSON object or array); ``apply_messages`` applies them:
 - ``transfer-done``: that file's replica at the destination is available (cache);
 - ``transfer-failed``: one try of the request used up; after ``max_tries`` the
   request fails with a classified error (``ddm.transfer_failed: ...``);
-- anything else, or a rule we never made, is acknowledged and changes nothing.
+- anything else, or a rule we never made, is acknowledged and changes nothing;
+  so is a malformed message inside a bulk (counted ``invalid``: a resend cannot
+  mend it, and refusing the post would block hermes' queue for good).
 
 Rucio 41 sends no message when a rule turns STUCK: the poller sees that state.
 Nothing here imports rucio, so the server can parse without rucio-clients.
@@ -68,6 +70,7 @@ class RucioMessage:
     payload: dict[str, Any]
     created_at: str = ""
     msg_id: str = ""
+    invalid: str = ""  # why this one message cannot be used (it is skipped, not retried)
 
 
 def _message(doc: Any) -> RucioMessage:
@@ -118,7 +121,15 @@ def parse_body(body: bytes | str) -> list[RucioMessage]:
                 break
     if len(docs) > MAX_MESSAGES:
         raise TooManyMessages(f"more than {MAX_MESSAGES} messages in one post")
-    return [_message(d) for d in docs]
+    if len(docs) == 1:  # one message: if it is bad, the caller hears why
+        return [_message(docs[0])]
+    out = []
+    for doc in docs:  # a bulk: one bad message must not hold back the others forever
+        try:
+            out.append(_message(doc))
+        except BadMessages as exc:  # (hermes would resend the whole post on an error)
+            out.append(RucioMessage("", {}, invalid=str(exc)))
+    return out
 
 
 def _text(payload: dict[str, Any], key: str) -> str | None:
@@ -135,6 +146,10 @@ def apply_messages(session: Session, ddm: RucioDDM, messages: list[RucioMessage]
     now = now or datetime.now(UTC)
     counts: dict[str, int] = {}
     for msg in messages:
+        if msg.invalid:
+            log.warning("%s: a message was skipped: %s", source, msg.invalid)
+            counts["invalid"] = counts.get("invalid", 0) + 1
+            continue
         try:
             result = _apply(session, ddm, msg, source, now)
         except BadMessages as exc:

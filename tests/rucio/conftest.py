@@ -146,18 +146,22 @@ def rucio_ddm(rucio_settings: RucioSettings) -> RucioDDM:
 
 @pytest.fixture(scope="session")
 def pump(rucio_server: str, tmp_path_factory: pytest.TempPathFactory) -> Callable[..., float]:
-    """``pump(transfers=True, hermes=False, elastic=URL)``: Rucio's daemons once; seconds taken."""
+    """``pump(transfers=True, hermes=None|"elastic"|"activemq", elastic=URL)``: Rucio's
+    daemons once (hermes for that one service, until its queue is empty); seconds taken."""
     python = RUCIO_DIR / "venv" / "bin" / "python"
     base = (RUCIO_DIR / "rucio.cfg").read_text()
     cfg_dir = tmp_path_factory.mktemp("rucio-cfg")
 
-    def run(*, transfers: bool = True, hermes: bool = False,
+    def run(*, transfers: bool = True, hermes: str | None = None,
             elastic: str = "http://127.0.0.1:9/_bulk") -> float:
         cfg = cfg_dir / f"rucio-{uuid.uuid4().hex[:6]}.cfg"
-        cfg.write_text(re.sub(r"(?m)^elastic_endpoint = .*$", f"elastic_endpoint = {elastic}",
-                              base))
+        text = re.sub(r"(?m)^elastic_endpoint = .*$", f"elastic_endpoint = {elastic}", base)
+        if hermes:  # this hermes serves one service only (messages are kept per service)
+            text = re.sub(r"(?m)^services_list = .*$",
+                          f"services_list = {hermes}\nquery_by_service = True", text)
+        cfg.write_text(text)
         argv = [str(python), str(PUMP)] + (["--transfers"] if transfers else []) + \
-            (["--hermes"] if hermes else [])
+            (["--hermes", hermes] if hermes else [])
         t0 = time.monotonic()
         res = subprocess.run(argv, env={**os.environ, "RUCIO_CONFIG": str(cfg)},
                              capture_output=True, text=True, timeout=180)

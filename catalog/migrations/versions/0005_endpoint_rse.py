@@ -17,9 +17,12 @@ depends_on = None
 
 
 def upgrade() -> None:
+    # existing endpoints get '' (their own name is their RSE); the model has no server default
     with op.batch_alter_table('storage_endpoint', schema=None) as batch_op:
         batch_op.add_column(sa.Column('rse', sa.String(length=128), nullable=False,
                                       server_default=''))
+    with op.batch_alter_table('storage_endpoint', schema=None) as batch_op:
+        batch_op.alter_column('rse', server_default=None)
 
 
 def downgrade() -> None:
