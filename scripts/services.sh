@@ -73,3 +73,6 @@ if [ -z "$url" ]; then
 fi
 echo "export DAWMS_TEST_PG_URL='$url'" > .services/env
 echo "services: PostgreSQL at $url"
+
+# ---- Rucio (DDM bridge tests): the server, its database, RabbitMQ's STOMP plugin
+scripts/services_rucio.sh
