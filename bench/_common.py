@@ -48,6 +48,7 @@ def parser(doc: str | None) -> argparse.ArgumentParser:
 def setup_logging(verbose: bool = False) -> None:
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # not a line per request
 
 
 @contextlib.contextmanager
