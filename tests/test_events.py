@@ -114,6 +114,14 @@ def test_a_rollback_publishes_nothing(db: Database) -> None:
         assert inbox.got == []
         with db.session() as s:  # and the change is really not there
             assert set(s.scalars(select(Task.state).where(Task.id.in_(ids)))) == {"registered"}
+        # a session used again after a rollback does not carry the dropped events along
+        with db._factory() as s:
+            with pytest.raises(RuntimeError), s.begin():
+                define(s, ids[:1])
+                raise RuntimeError("rolled back")
+            with s.begin():
+                define(s, ids[1:])
+        assert inbox.ids() == ids[1:]
     finally:
         unsubscribe()
 
@@ -174,6 +182,22 @@ def test_other_processes_hear_commits_only(db: Database, remote) -> None:  # typ
 
 @PG
 @pytest.mark.postgres
+def test_savepoints_cross_once_and_only_when_kept(db: Database, remote) -> None:  # type: ignore[no-untyped-def]
+    _broker, inbox = remote
+    a, b, c = new_tasks(db, 3)
+    with db.session() as s:
+        define(s, [a])
+        with pytest.raises(RuntimeError), s.begin_nested():
+            define(s, [b])
+            raise RuntimeError("undo b")
+        with s.begin_nested():
+            define(s, [c])
+    marker(db, inbox)
+    assert [ev.ids for ev in inbox.got if ev.to_state == "defined"] == [(a,), (c,)]
+
+
+@PG
+@pytest.mark.postgres
 def test_large_id_lists_travel_in_chunks(db: Database, remote) -> None:  # type: ignore[no-untyped-def]
     _broker, inbox = remote
     ids = tuple(range(10**9, 10**9 + 5000))  # 11 bytes an id: ~55 kB of ids
@@ -216,13 +240,21 @@ def test_own_notifications_are_not_delivered_twice(db: Database, remote) -> None
 
 @PG
 @pytest.mark.postgres
-def test_claims_stay_in_the_process(db: Database, remote) -> None:  # type: ignore[no-untyped-def]
+def test_claims_and_pilot_progress_stay_in_the_process(db: Database, remote) -> None:  # type: ignore[no-untyped-def]
     _broker, inbox = remote
-    with db.session() as s:
-        events.queue(s, events.StateChanged("job", (1, 2), "activated", "sent", "pilot:x"))
-        s.execute(text("SELECT 1"))
+    near = Inbox()
+    unsubscribe = db.broker.subscribe(near)
+    try:
+        with db.session() as s:
+            for src, dst in (("activated", "sent"), ("sent", "starting"),
+                             ("starting", "running"), ("running", "finished")):
+                events.queue(s, events.StateChanged("job", (1, 2), src, dst, "pilot:x"))
+            s.execute(text("SELECT 1"))
+    finally:
+        unsubscribe()
+    assert [ev.to_state for ev in near.got] == ["sent", "starting", "running", "finished"]
     marker(db, inbox)
-    assert [ev for ev in inbox.got if ev.to_state == "sent"] == []
+    assert [ev.to_state for ev in inbox.got if ev.entity == "job"] == ["finished"]
 
 
 @PG
@@ -273,7 +305,8 @@ def test_close_stops_the_listener_at_once(db: Database, remote) -> None:  # type
     broker.close()
     assert time.monotonic() - t0 < 2
     assert not broker._thread.is_alive()
-    with db.engine.connect() as conn:
+    # autocommit: pg_stat_activity is read once per transaction
+    with db.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
         deadline = time.monotonic() + 10
         while conn.scalar(text("SELECT count(*) FROM pg_stat_activity WHERE pid = :p"),
                           {"p": pid}):
