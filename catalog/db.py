@@ -75,8 +75,8 @@ class Database:
         self.url = url or default_url()
         self.engine = make_engine(self.url, **engine_kwargs)
         self._factory = sessionmaker(self.engine, expire_on_commit=False)
-        self.broker = events.broker_for(str(self.engine.url.render_as_string(
-            hide_password=False)), self.engine)
+        self.broker = events.broker_for(self.engine.url.render_as_string(hide_password=False),
+                                        self.engine)
         self._released = False
         events.install(self._factory, self.broker)
 
