@@ -77,7 +77,6 @@ class Database:
         self._factory = sessionmaker(self.engine, expire_on_commit=False)
         self.broker = events.broker_for(self.engine.url.render_as_string(hide_password=False),
                                         self.engine)
-        self._released = False
         events.install(self._factory, self.broker)
 
     @contextmanager
@@ -92,7 +91,4 @@ class Database:
         upgrade(self.engine)
 
     def dispose(self) -> None:
-        if not self._released:  # the last Database on this catalog stops its listener
-            self._released = True
-            events.release(self.broker)
         self.engine.dispose()

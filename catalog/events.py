@@ -97,7 +97,6 @@ class EventBroker:
     def __init__(self) -> None:
         self._subs: dict[object, tuple[Subscriber, Resync | None]] = {}
         self._lock = threading.Lock()
-        self._users = 0
 
     def subscribe(self, fn: Subscriber, on_resync: Resync | None = None) -> Callable[[], None]:
         """Call ``fn`` for every committed change of this catalog, ``on_resync`` when
@@ -110,6 +109,9 @@ class EventBroker:
         def unsubscribe() -> None:
             with self._lock:
                 self._subs.pop(token, None)
+                last = not self._subs
+            if last:
+                self._unsubscribed()
 
         return unsubscribe
 
@@ -145,6 +147,9 @@ class EventBroker:
     def _subscribed(self) -> None:
         """A subscriber arrived (a listener starts here)."""
 
+    def _unsubscribed(self) -> None:
+        """The last subscriber left (a listener stops here)."""
+
     def close(self) -> None:
         """Stop whatever the broker runs; local delivery keeps working."""
 
@@ -165,7 +170,7 @@ class PostgresBroker(EventBroker):
         self._engine = engine
         self._backoff, self._max_backoff = backoff_s, max_backoff_s
         self._wake_channel = f"dawms_wake_{self.origin}"
-        self._stop = threading.Event()
+        self._stop = threading.Event()  # the running listener's; a new one per start
         self._ready = threading.Event()
         self._thread: threading.Thread | None = None
         self.connects = 0  # successful LISTEN connections (1 + reconnects)
@@ -182,21 +187,27 @@ class PostgresBroker(EventBroker):
 
     # -------------------------------------------------------------- listening
     def _subscribed(self) -> None:
+        """The listener runs while someone subscribes (a connection per process)."""
         with self._lock:
-            if self._thread is not None or self._stop.is_set():
+            if self._thread is not None and self._thread.is_alive() \
+                    and not self._stop.is_set():
                 return
-            self._thread = threading.Thread(target=self._listen, daemon=True,
-                                            name=f"dawms-events-{self.origin}")
-        self._thread.start()
+            self._stop = threading.Event()
+            self._thread = threading.Thread(target=self._listen, args=(self._stop,),
+                                            daemon=True, name=f"dawms-events-{self.origin}")
+            self._thread.start()
+
+    def _unsubscribed(self) -> None:
+        self.close()
 
     def wait_ready(self, timeout: float) -> bool:
         return self._ready.wait(timeout)
 
-    def _listen(self) -> None:
+    def _listen(self, stop: threading.Event) -> None:
         import psycopg
 
         delay, failed = self._backoff, False
-        while not self._stop.is_set():
+        while not stop.is_set():
             try:
                 with psycopg.connect(self._conninfo, autocommit=True, connect_timeout=10,
                                      keepalives=1, keepalives_idle=30, keepalives_interval=10,
@@ -204,16 +215,16 @@ class PostgresBroker(EventBroker):
                     conn.execute(f"LISTEN {CHANNEL}")
                     conn.execute(f"LISTEN {self._wake_channel}")
                     self.backend_pid = conn.info.backend_pid
-                    if self._stop.is_set():  # closed while we connected
+                    if stop.is_set():  # closed while we connected
                         return
                     self.connects += 1
                     self._ready.set()
                     delay = self._backoff
-                    if failed or self.connects > 1:
+                    if failed:  # this listener was cut off (or never got through) before
                         log.info("event listener reconnected: subscribers resync")
                         self._resync()
                     for note in conn.notifies():
-                        if self._stop.is_set():
+                        if stop.is_set():
                             return
                         if note.channel == CHANNEL:
                             self._receive(note.payload)
@@ -222,11 +233,11 @@ class PostgresBroker(EventBroker):
                 self._ready.clear()
                 self.backend_pid = None
                 failed = True
-                if self._stop.is_set():
+                if stop.is_set():
                     return
                 log.warning("event listener lost its connection (%s); retrying in %.1fs",
                             exc, delay)
-                self._stop.wait(delay)
+                stop.wait(delay)
                 delay = min(delay * 2, self._max_backoff)
 
     def _receive(self, payload: str) -> None:
@@ -239,9 +250,11 @@ class PostgresBroker(EventBroker):
             self._deliver_remote(ev)
 
     def close(self) -> None:
-        self._stop.set()
-        thread = self._thread
-        if thread is None or not thread.is_alive():
+        with self._lock:
+            self._stop.set()
+            thread = self._thread
+        self._ready.clear()
+        if thread is None or not thread.is_alive() or thread is threading.current_thread():
             return
         deadline = time.monotonic() + 10
         while thread.is_alive() and time.monotonic() < deadline:
@@ -309,8 +322,8 @@ _brokers_lock = threading.Lock()
 
 
 def broker_for(url: str, engine: Engine) -> EventBroker:
-    """The broker of the catalog at ``url`` in this process (one per catalog, shared by
-    every ``Database`` on it, released with ``release``)."""
+    """The broker of the catalog at ``url`` in this process: one per catalog, shared by
+    every ``Database`` on it (its listener runs while it has subscribers)."""
     key = make_url(url).set(drivername=make_url(url).get_backend_name()) \
         .render_as_string(hide_password=False)
     with _brokers_lock:
@@ -319,20 +332,7 @@ def broker_for(url: str, engine: Engine) -> EventBroker:
             broker = (PostgresBroker(url, engine) if engine.dialect.name == "postgresql"
                       else InProcessBroker())
             _brokers[key] = broker
-        broker._users += 1
         return broker
-
-
-def release(broker: EventBroker) -> None:
-    """One user fewer; the last one stops the broker (its listener)."""
-    with _brokers_lock:
-        broker._users -= 1
-        if broker._users > 0:
-            return
-        for key, b in list(_brokers.items()):
-            if b is broker:
-                del _brokers[key]
-    broker.close()
 
 
 # ---------------------------------------------------------------- session hooks

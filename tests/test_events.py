@@ -159,7 +159,6 @@ def test_every_database_on_a_catalog_shares_one_broker(db: Database) -> None:
     finally:
         other.dispose()
     assert events.broker_for(db.url, db.engine) is db.broker  # still alive for ``db``
-    events.release(db.broker)
 
 
 # ------------------------------------------------------------------ PostgreSQL
@@ -312,3 +311,30 @@ def test_close_stops_the_listener_at_once(db: Database, remote) -> None:  # type
                           {"p": pid}):
             assert time.monotonic() < deadline, "the listener's connection stayed open"
             time.sleep(0.05)
+
+
+@PG
+@pytest.mark.postgres
+def test_the_listener_runs_while_someone_subscribes(db: Database) -> None:
+    broker = db.broker
+    assert isinstance(broker, events.PostgresBroker)
+    first = Inbox()
+    unsubscribe = broker.subscribe(first)
+    assert broker.wait_ready(20)
+    pid, thread = broker.backend_pid, broker._thread
+    unsubscribe()  # the last one: the listener and its connection go
+    assert thread is not None and not thread.is_alive()
+    assert not broker.wait_ready(0)
+    again = Inbox()
+    unsubscribe = broker.subscribe(again)
+    try:
+        assert broker.wait_ready(20)
+        assert broker.backend_pid not in (None, pid)
+        (payload,) = events.encode(events.StateChanged("task", (7,), "registered", "defined",
+                                                       "far"), "far-origin")
+        with db.engine.begin() as conn:
+            conn.execute(text("SELECT pg_notify(:ch, :p)"), {"ch": events.CHANNEL, "p": payload})
+        again.wait(lambda: again.ids() == [7])
+        assert first.got == []
+    finally:
+        unsubscribe()
