@@ -36,9 +36,10 @@ lint: venv
 test: venv services lint
 	. .services/env && DAWMS_NO_SKIP=1 $(BIN)/pytest -q -p no:cacheprovider -rfEs
 
+# Every benchmark: `python -m bench.NAME --json`, its JSON result the last line of stdout.
+BENCHES := claim_rate transfer_rate activation
 bench: venv services
-	. .services/env && $(BIN)/python bench/claim_rate.py
-	$(BIN)/python bench/transfer_rate.py
+	. .services/env && for b in $(BENCHES); do $(BIN)/python -m bench.$$b --json || exit 1; done
 
 clean:
 	rm -rf $(VENV) build .services *.egg-info

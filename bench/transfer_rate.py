@@ -10,16 +10,15 @@ Writes N files of S MiB of random bytes, then copies them three ways:
 - ``stage_in``: the pilot's file mover getting every file into a work dir with
   size and adler32 verified while streaming.
 
-Every copy is checked for identical bytes. Prints one JSON object.
+Every copy is checked for identical bytes. The catalog is a SQLite file, or with
+``--backend postgresql`` a throwaway PostgreSQL database.
 
-    .venv/bin/python bench/transfer_rate.py [--files 20] [--mib 50]
+    python -m bench.transfer_rate --json [--files 20] [--mib 50] [--backend postgresql]
 """
 
 from __future__ import annotations
 
-import argparse
 import filecmp
-import json
 import os
 import subprocess
 import tempfile
@@ -34,14 +33,20 @@ from dawms.catalog.site_config import sync, validate
 from dawms.ddm_bridge.local import LocalDDM, transfer
 from dawms.storage.movers import get_mover
 
+from ._common import catalog_url, emit, log, parser, setup_logging
+
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = parser(__doc__)
+    p.add_argument("--backend", choices=("sqlite", "postgresql"), default="sqlite",
+                   help="where the catalog lives")
     p.add_argument("--files", type=int, default=20)
     p.add_argument("--mib", type=int, default=50)
     args = p.parse_args()
+    setup_logging(args.verbose)
     total = args.files * args.mib * 2**20
-    with tempfile.TemporaryDirectory(dir=os.environ.get("TMPDIR")) as tmp:
+    with tempfile.TemporaryDirectory(dir=os.environ.get("TMPDIR")) as tmp, \
+            catalog_url(args.backend, args.pg_url, Path(tmp), "transfer") as db_url:
         root = Path(tmp)
         src = root / "src"
         src.mkdir()
@@ -51,12 +56,13 @@ def main() -> None:
             path.write_bytes(os.urandom(args.mib * 2**20))
             paths.append(path)
 
+        log.info("wrote %d files of %d MiB", args.files, args.mib)
         t0 = time.perf_counter()
         (root / "cp").mkdir()
         subprocess.run(["cp", *map(str, paths), str(root / "cp")], check=True)
         cp_s = time.perf_counter() - t0
 
-        db = Database(f"sqlite:///{root / 'catalog.db'}")
+        db = Database(db_url)
         db.upgrade()
         ddm = LocalDDM()
         cfg = {"site": [{"name": "A"}, {"name": "B"}],
@@ -96,12 +102,12 @@ def main() -> None:
         db.dispose()
 
     mb = total / 1e6
-    print(json.dumps({
-        "files": args.files, "mib_each": args.mib,
+    emit({
+        "backend": args.backend, "files": args.files, "mib_each": args.mib,
         "cp_mb_per_s": round(mb / cp_s), "replication_mb_per_s": round(mb / repl_s),
         "stage_in_mb_per_s": round(mb / stage_s),
         "replication_vs_cp": round(cp_s / repl_s, 2), "stage_in_vs_cp": round(cp_s / stage_s, 2),
-    }))
+    }, args.json)
 
 
 def _open(db: Database, req_id: int) -> bool:

@@ -165,11 +165,20 @@ class Scheduler:
         elif ev.entity == Entity.JOB and ev.to_state in JOB_FINAL:
             self.wake("finisher")
 
+    def _on_resync(self) -> None:
+        """Events may have been missed (the listener reconnected): every daemon looks."""
+        for name in self.daemons:
+            self.wake(name)
+
     def start(self) -> None:
         for name, (daemon, interval) in self.daemons.items():
             self._aps.add_job(daemon, "interval", seconds=interval, id=name,
                               next_run_time=datetime.now(UTC))
-        self._unsubscribe = events.subscribe(self._on_event)
+        # committed changes of every process on this catalog (LISTEN/NOTIFY on PostgreSQL)
+        self._unsubscribe = self.db.broker.subscribe(self._on_event, on_resync=self._on_resync)
+        if not self.db.broker.wait_ready(timeout=10):
+            log.warning("events of other processes are not reaching us yet; the periodic "
+                        "runs cover until the listener connects")
         self._aps.start()
         log.info("scheduler started: %s", ", ".join(self.daemons))
 

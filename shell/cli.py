@@ -60,12 +60,16 @@ def cmd_server(args: argparse.Namespace, st: Settings) -> int:
     db.upgrade()
     app = create_app(db, get_ddm(st.ddm), SchedulerConfig.from_env(),
                      with_scheduler=args.scheduler)
-    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level,
-                access_log=False)
+    try:  # with --no-scheduler on PostgreSQL, commits still NOTIFY schedulers elsewhere
+        uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level,
+                    access_log=False)
+    finally:
+        db.dispose()
     return 0
 
 
 def cmd_scheduler(args: argparse.Namespace, st: Settings) -> int:
+    import signal
     import threading
 
     from dawms.catalog.db import Database
@@ -78,14 +82,18 @@ def cmd_scheduler(args: argparse.Namespace, st: Settings) -> int:
     sched = Scheduler(db, get_ddm(st.ddm), SchedulerConfig.from_env())
     if args.once:
         sched.run_all_once()
+        db.dispose()
         return 0
-    sched.start()
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())  # a clean stop gives the leases back
+    sched.start()  # hears the commits of every process on the catalog (LISTEN/NOTIFY on PG)
     try:
-        threading.Event().wait()
+        stop.wait()
     except KeyboardInterrupt:
         pass
     finally:
         sched.stop()
+        db.dispose()
     return 0
 
 
