@@ -30,7 +30,7 @@ from dawms.catalog.models import (
 )
 from dawms.catalog.names import split_did
 from dawms.catalog.states import Entity, ReplicaState, allowed
-from dawms.catalog.transition import transition_many
+from dawms.catalog.transition import record_created, transition_many
 from dawms.ddm_bridge.abc import FileInfo
 
 ACTOR = "ddm:rucio"
@@ -133,8 +133,14 @@ def set_replicas(session: Session, states: dict[tuple[int, int], str], *, reason
             existing[(fid, eid)] = (rid, st)
     fresh = [{"file_id": f, "endpoint_id": e, "state": st, "updated_at": now}
              for (f, e), st in states.items() if (f, e) not in existing]
-    if fresh:
-        session.execute(insert(Replica), fresh)
+    if fresh:  # born rows get their history row like every state change
+        born: dict[str, list[tuple[int, int | None]]] = {}
+        for rid, st in session.execute(insert(Replica).returning(Replica.id, Replica.state),
+                                       fresh):
+            born.setdefault(st, []).append((rid, None))
+        for st, rows in born.items():
+            record_created(session, Entity.REPLICA, rows, st, actor=ACTOR, reason=reason,
+                           now=now)
     moves: dict[tuple[str, str], list[int]] = {}
     for key, st in states.items():
         if key in existing:
