@@ -4,12 +4,33 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from pydantic import BaseModel, Field
+from pydantic import AfterValidator, BaseModel, Field, WithJsonSchema
+
+from dawms.catalog.names import MAX_NAME, MIN_NAME, NAME_PATTERN, check_name
 
 # ids, attempts and sizes must fit the catalog's BIGINT (the widest integer column);
 # strings are bounded by their columns (catalog/models.py)
 INT64_MAX = 2**63 - 1
 Id = Annotated[int, Field(ge=1, le=INT64_MAX)]
+
+
+def _name(max_length: int, what: str) -> Any:
+    """A string in the catalog's name grammar (catalog/names.py), as a field type whose
+    OpenAPI schema carries the pattern and the bounds."""
+    def check(value: str) -> str:
+        if len(value) > max_length:
+            raise ValueError(f"{what} is longer than {max_length} characters")
+        return check_name(value, what)
+
+    return Annotated[str, AfterValidator(check), WithJsonSchema(
+        {"type": "string", "pattern": NAME_PATTERN, "minLength": MIN_NAME,
+         "maxLength": max_length, "description": f"{what}: letters, digits, '._-'; starts "
+                                                 "with a letter or digit; no '..'"})]
+
+
+FileName = _name(MAX_NAME, "file name")
+SourceName = _name(32, "source")
+ExternalId = _name(64, "external id")
 
 
 class Envelope(BaseModel):
@@ -27,7 +48,7 @@ class AcquireJobs(BaseModel):
 
 
 class OutputFile(BaseModel):
-    lfn: str = Field(max_length=255)
+    lfn: FileName
     type: str = Field("out", max_length=8)
     size: int = Field(ge=0, le=INT64_MAX)
     adler32: str = Field(pattern=r"^[0-9a-fA-F]{8}$")
@@ -52,11 +73,11 @@ class JobUpdates(BaseModel):
 class DDMEventIn(BaseModel):
     """A DDM callback: a data request ended (PanDA's datasetlock_ok, rule_ok...)."""
 
-    source: str = Field("http", max_length=32)
+    source: SourceName = "http"
     dedup_key: str = Field(max_length=255, description="the same event sent twice is kept once")
     outcome: str = Field(max_length=16, description="done | failed | cancelled")
     request_id: Id | None = None
-    external_id: str | None = Field(None, max_length=64)
+    external_id: ExternalId | None = None
     error: str = ""
 
 
