@@ -20,10 +20,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from dawms.catalog.names import check_name, check_scope, name_problem, split_did
 from dawms.pilot import wire
 from dawms.pilot.client import ClientError, JobRef, PilotClient, StaleJob
+from dawms.pilot.command import payload_env
 from dawms.pilot.heartbeat import Heartbeat
-from dawms.pilot.log import PILOT_LOG_NAME, make_log_tarball, write_job_spec
+from dawms.pilot.log import LOG_MEMBERS, PILOT_LOG_NAME, make_log_tarball, write_job_spec
 from dawms.pilot.payload import STDERR_NAME, Payload, PayloadError, PayloadResult, build_command
 from dawms.pilot.stagein import StageInError, stage_in
 from dawms.pilot.stageout import StageOutError, stage_out_log, stage_out_outputs
@@ -178,7 +180,8 @@ class JobRunner:
         env = dict(os.environ)
         env.update({"DAWMS_JOB_ID": str(self.ref.job_id), "DAWMS_ATTEMPT": str(self.ref.attempt),
                     "DAWMS_CORES": str(spec.get("cores") or 1),
-                    "DAWMS_WORKDIR": str(self.workdir)})
+                    "DAWMS_WORKDIR": str(self.workdir),
+                    **payload_env(inputs, [o["lfn"] for o in spec.get("outputs") or []])})
         payload = Payload(argv, self.workdir, walltime_s=spec.get("walltime_s"), env=env,
                           kill_grace_s=self.kill_grace_s)
         self._payload = payload
@@ -195,12 +198,12 @@ class JobRunner:
     ) -> _Failure | None:
         if not self.spec.get("log"):
             return failure
-        if not _plain_name(self.spec["log"]["lfn"]):
-            return failure or _Failure("pilot", "the log file name is not a plain name")
+        if problem := name_problem(self.spec["log"].get("lfn"), "log file name"):
+            return failure or _Failure("pilot", problem)
         try:
             tarball = make_log_tarball(self.workdir, self.spec["log"]["lfn"])
-            entry = stage_out_log(self.spec, tarball)
-        except (StageOutError, OSError) as exc:
+            entry = stage_out_log(self.spec, tarball, self.workdir)
+        except (StageOutError, OSError, ValueError) as exc:
             log.error("log of job %d not staged out: %s", self.ref.job_id, exc)
             if failure is None:
                 return _Failure("stageout", f"log: {exc}")
@@ -233,22 +236,35 @@ def run_job(
 
 
 def _check_names(spec: dict[str, Any]) -> None:
-    names = [f["lfn"] for key in ("inputs", "outputs") for f in spec.get(key) or []]
+    """Refuse a spec whose scopes, file or dataset names break the grammar
+    (``catalog/names.py``), or whose files would collide in the work dir."""
+    entries = [("input", f) for f in spec.get("inputs") or []]
+    entries += [("output", f) for f in spec.get("outputs") or []]
     if spec.get("log"):
-        names.append(spec["log"]["lfn"])
-    bad = [n for n in names if not _plain_name(n)]
-    if bad:
-        raise _Failure("pilot", f"file names must be plain names: {bad}")
-
-
-def _plain_name(name: str) -> bool:
-    """A file name that stays inside the work dir."""
-    return bool(name) and os.path.basename(name) == name and name not in (".", "..")
+        entries.append(("log", spec["log"]))
+    problems, seen = [], set()
+    for what, entry in entries:
+        try:
+            check_scope(entry.get("scope"))
+            lfn = check_name(entry.get("lfn"), f"{what} file name")
+            if what != "input" or entry.get("dataset") is not None:
+                split_did(entry.get("dataset"))
+        except (AttributeError, ValueError) as exc:
+            problems.append(f"{what}: {exc}")
+            continue
+        if lfn in seen or lfn in LOG_MEMBERS:
+            problems.append(f"{what} file name {lfn!r} is used twice in the work dir")
+        seen.add(lfn)
+    if problems:
+        raise _Failure("pilot", "the job spec is refused: " + "; ".join(problems))
 
 
 def _tail(path: Path, limit: int = 400) -> str:
-    try:
-        text = path.read_bytes()[-limit:].decode(errors="replace").strip()
+    try:  # never through a link the payload left in place of its stderr
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+        with os.fdopen(fd, "rb") as f:
+            f.seek(max(0, os.fstat(fd).st_size - limit))
+            text = f.read(limit).decode(errors="replace").strip()
     except OSError:
         return ""
     return f"stderr: ...{text}" if text else "no stderr"

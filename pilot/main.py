@@ -111,7 +111,8 @@ class Pilot:
         return 1 if self.stop_reason else 0
 
     def _run_one(self, spec: dict) -> None:
-        jobdir = self.workdir / f"{spec['job_id']}.{spec['attempt']}"
+        # the job dir's name comes from the server: two integers, nothing else
+        jobdir = self.workdir / f"{int(spec['job_id'])}.{int(spec['attempt'])}"
         runner = JobRunner(self.client, spec, jobdir, kill_grace_s=self.kill_grace_s)
         self._runner = runner
         if self._stop.is_set():

@@ -5,6 +5,12 @@ mover preferences (``spec["movers"]["write"]`` for outputs, ``"log"`` falling
 back to ``"write"`` for the log) say which schemes this site may write. The
 result is what the final report carries: ``{lfn, type, size, adler32}`` of the
 bytes actually sent.
+
+Nothing leaves from outside the work dir and nothing goes outside the job's
+output endpoint: the local file must be a regular file inside the work dir
+(links resolved, so a payload cannot ship a link to a file of the worker node),
+and the destination URL must lie under the URL prefix of the spec's
+``endpoint_out`` (``spec["endpoints"]``).
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from dawms.storage.movers import MoverError, get_mover, scheme_of
+from dawms.storage.paths import PathEscape, check_component, confine_path, within_url
 
 log = logging.getLogger(__name__)
 
@@ -23,13 +30,32 @@ class StageOutError(Exception):
     """An output or the log could not be copied to its destination."""
 
 
+def output_prefix(spec: dict[str, Any]) -> str:
+    """The URL prefix of the job's output endpoint, or "" when the spec names none."""
+    endpoints = spec.get("endpoints")
+    prefix = endpoints.get(spec.get("endpoint_out")) if isinstance(endpoints, dict) else None
+    return prefix if isinstance(prefix, str) else ""
+
+
 def stage_out_file(
-    lfn: str, path: Path, url: str, file_type: str, allowed: Sequence[str] | None = None
+    lfn: str, path: Path, url: str, file_type: str, allowed: Sequence[str] | None = None, *,
+    workdir: Path, prefix: str,
 ) -> dict[str, Any]:
-    """Put one local file to ``url``; return its report entry."""
+    """Put one local file of ``workdir`` to ``url`` under ``prefix``; return its report entry."""
+    if not isinstance(url, str) or not prefix or not within_url(prefix, url):
+        raise StageOutError(f"{lfn}: destination {str(url)[:200]} is not under the job's "
+                            f"output endpoint {prefix or '(none given)'}")
     if allowed and scheme_of(url) not in {s.lower() for s in allowed}:
         raise StageOutError(f"{lfn}: destination {url} uses a scheme the queue may not write "
                             f"({', '.join(allowed)})")
+    try:
+        check_component(path.name, "output name")
+        if path.is_symlink():
+            raise PathEscape(f"{path.name} is a symbolic link")
+        path = confine_path(workdir, path)
+    except PathEscape as exc:
+        raise StageOutError(f"{lfn}: refused to send a file from outside the work dir "
+                            f"({exc})") from None
     if not path.is_file():
         raise StageOutError(f"{lfn}: the payload did not produce {path.name}")
     try:
@@ -43,13 +69,16 @@ def stage_out_file(
 def stage_out_outputs(spec: dict[str, Any], workdir: Path) -> list[dict[str, Any]]:
     """Put every output of ``spec`` from ``workdir``; the first failure raises."""
     allowed = (spec.get("movers") or {}).get("write")
-    return [stage_out_file(o["lfn"], workdir / o["lfn"], o["url"], "out", allowed)
+    prefix = output_prefix(spec)
+    return [stage_out_file(o["lfn"], workdir / o["lfn"], o["url"], "out", allowed,
+                           workdir=workdir, prefix=prefix)
             for o in spec.get("outputs") or []]
 
 
-def stage_out_log(spec: dict[str, Any], tarball: Path) -> dict[str, Any]:
-    """Put the log tarball to ``spec["log"]["url"]``."""
+def stage_out_log(spec: dict[str, Any], tarball: Path, workdir: Path) -> dict[str, Any]:
+    """Put the log tarball (in ``workdir``) to ``spec["log"]["url"]``."""
     movers = spec.get("movers") or {}
     allowed = movers.get("log") or movers.get("write")
     entry = spec["log"]
-    return stage_out_file(entry["lfn"], tarball, entry["url"], "log", allowed)
+    return stage_out_file(entry["lfn"], tarball, entry["url"], "log", allowed,
+                          workdir=workdir, prefix=output_prefix(spec))

@@ -3,7 +3,9 @@
 Built once when a job is activated and stored on the job row, so the claim path
 is a single UPDATE ... RETURNING with no joins (see DESIGN.md, "Concurrency and
 scale"). Inputs list replica URLs local to the queue first, then other disk
-replicas as fallbacks; outputs go to the queue's write endpoint.
+replicas as fallbacks; outputs go to the queue's write endpoint. ``endpoints``
+names every endpoint the spec's URLs point into, with its URL prefix: the pilot
+reads and writes nothing outside them.
 """
 
 from __future__ import annotations
@@ -62,10 +64,12 @@ def build_specs(session: Session, job_queue: dict[int, int], ddm: DDM,
         local = [by_name[n].id for n in queue.read_endpoints if n in by_name]
         write = by_name[queue.write_endpoint]
         inputs, outputs, log = [], [], None
+        used = {write.name: write.url_prefix}
         for jf, f in job_files[job.id]:
             if jf.type == "in" and f is not None:
                 held = where.get(f.id, [])
                 order = [e for e in local if e in held] + [e for e in held if e not in local]
+                used.update((by_id[e].name, by_id[e].url_prefix) for e in order)
                 inputs.append({"scope": f.scope, "lfn": f.name, "size": f.size,
                                "adler32": f.adler32, "guid": f.guid, "dataset": jf.dataset,
                                "urls": [ddm.pfn(by_id[e], f.scope, f.name) for e in order]})
@@ -82,7 +86,7 @@ def build_specs(session: Session, job_queue: dict[int, int], ddm: DDM,
             "transformation": task.transformation, "cores": job.cores,
             "memory_mb": job.memory_mb, "walltime_s": job.walltime_s, "disk_mb": job.disk_mb,
             "heartbeat_s": heartbeat_s, "queue": queue.name, "endpoint_out": write.name,
-            "inputs": inputs, "outputs": outputs, "log": log,
+            "inputs": inputs, "outputs": outputs, "log": log, "endpoints": used,
             "movers": queue.movers or {"read": ["file"], "write": ["file"]},
         }
     return specs

@@ -104,11 +104,13 @@ def test_poll_of_a_pilot_this_factory_did_not_start(tmp_path: Path) -> None:
 
 
 def test_the_pilot_stays_light() -> None:
-    """Importing every pilot module pulls in none of the server's dependencies."""
+    """Importing every pilot module pulls in none of the server's dependencies; of the
+    catalog only its standard-library name grammar (``catalog/names.py``)."""
     code = ("import sys, dawms.pilot.main, dawms.pilot.factory.local, dawms.storage.movers.file\n"
             "heavy = {'sqlalchemy', 'fastapi', 'pydantic', 'alembic', 'apscheduler', 'uvicorn'}\n"
             "ours = {m.split('.')[1] for m in sys.modules if m.startswith('dawms.')}\n"
-            "print(sorted({m.split('.')[0] for m in sys.modules} & heavy), sorted(ours))\n")
+            "cat = sorted(m for m in sys.modules if m.startswith('dawms.catalog.'))\n"
+            "print(sorted({m.split('.')[0] for m in sys.modules} & heavy), sorted(ours), cat)\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True, cwd="/").stdout
-    assert out.strip() == "[] ['pilot', 'storage']"
+    assert out.strip() == "[] ['catalog', 'pilot', 'storage'] ['dawms.catalog.names']"
