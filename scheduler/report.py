@@ -5,15 +5,20 @@ attempt that is not current (ended, retried, taken by another pilot) raises
 ``StaleReport`` and changes nothing, so an old attempt can never resurrect and
 report success (DIRAC's lesson). A final ``finished`` report moves the job to
 ``holding``, registers its outputs in the DDM with their size and adler32, and
-finishes it; a registration error fails it as a stage-out failure instead.
+finishes it; a registration error fails it as a stage-out failure instead. The
+pilot's adler32 is checked, not trusted: ``stored_outputs`` asks the DDM for the
+stored files' checksums (the local DDM reads their bytes) BEFORE the report's
+transaction opens, so no row lock is held while files are read, and a mismatch
+registers nothing and fails the job as a stage-out failure.
 Every reply carries the job's pending command for its pilot (``tobekilled``);
 the ``failed`` report that follows a kill makes the job ``cancelled``.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
@@ -25,6 +30,11 @@ from dawms.ddm_bridge.abc import DDM, FileInfo, RegistrationError
 
 from .kill import KILL
 from .retry import retry_failed
+
+if TYPE_CHECKING:
+    from dawms.catalog.db import Database
+
+Stored = Mapping[str, tuple[int, str]]  # file name -> (size, adler32) read from storage
 
 REPORTABLE = {JobState.STARTING, JobState.RUNNING, JobState.HOLDING, JobState.TRANSFERRING,
               JobState.FINISHED, JobState.FAILED}
@@ -70,8 +80,11 @@ def _fenced(session: Session, job_id: int, attempt: int, token: str,
 
 
 def pilot_update(session: Session, ddm: DDM, report: dict[str, Any],
-                 now: datetime | None = None) -> dict[str, Any]:
-    """Apply one pilot report; returns the reply data (``{"command": ...}``)."""
+                 now: datetime | None = None, *, stored: Stored | None = None) -> dict[str, Any]:
+    """Apply one pilot report; returns the reply data (``{"command": ...}``).
+
+    ``stored``: what ``stored_outputs`` read before this transaction; without it the
+    outputs' checksums are read here, under the job's row lock."""
     now = now or datetime.now(UTC)
     try:
         job_id, attempt = int(report["job_id"]), int(report["attempt"])
@@ -102,7 +115,8 @@ def pilot_update(session: Session, ddm: DDM, report: dict[str, Any],
     reply = {"command": job.command}
     if state == JobState.FAILED:
         try:  # a failed job's log is welcome, but its failure is recorded regardless
-            _register(session, ddm, job, report, types=("log",), required=False)
+            _register(session, ddm, job, report, types=("log",), required=False,
+                      stored=stored)
         except RegistrationError as exc:
             report = {**report, "error_diag": f"{report.get('error_diag', '')} "
                                               f"(log not registered: {exc})".strip()}
@@ -127,7 +141,8 @@ def pilot_update(session: Session, ddm: DDM, report: dict[str, Any],
                        **({"started_at": now} if dst == JobState.RUNNING else {}))
     if state == JobState.FINISHED:
         try:
-            _register(session, ddm, job, report, types=("out", "log"), required=True)
+            _register(session, ddm, job, report, types=("out", "log"), required=True,
+                      stored=stored)
         except RegistrationError as exc:
             step(current, JobState.FAILED, str(exc), exit_code=report.get("exit_code"),
                  error_category="stageout", error_diag=str(exc)[:4000])
@@ -138,14 +153,45 @@ def pilot_update(session: Session, ddm: DDM, report: dict[str, Any],
     return reply
 
 
-def _register(session: Session, ddm: DDM, job: Job, report: dict[str, Any],
-              types: tuple[str, ...], required: bool) -> None:
-    """Register the reported outputs of ``types``; if ``required``, all must be there."""
-    reported = {o.get("lfn"): o for o in report.get("outputs") or [] if isinstance(o, dict)}
-    files = list(session.scalars(select(JobFile).where(JobFile.job_id == job.id,
+def _output_files(session: Session, job_id: int,
+                  types: tuple[str, ...]) -> tuple[list[JobFile], StorageEndpoint | None]:
+    files = list(session.scalars(select(JobFile).where(JobFile.job_id == job_id,
                                                        JobFile.type.in_(types))))
+    spec = session.scalar(select(Job.spec).where(Job.id == job_id)) or {}
     endpoint = session.scalar(select(StorageEndpoint).where(
-        StorageEndpoint.name == (job.spec or {}).get("endpoint_out")))
+        StorageEndpoint.name == spec.get("endpoint_out")))
+    return files, endpoint
+
+
+def stored_outputs(db: Database, ddm: DDM, report: dict[str, Any]) -> Stored | None:
+    """Before a final report's transaction: the stored size and adler32 of the outputs it
+    reports, read through the DDM with no transaction open. None for any other report,
+    or one whose fence is not current (its transaction refuses it anyway)."""
+    if report.get("state") not in (JobState.FINISHED, JobState.FAILED) \
+            or not report.get("outputs"):
+        return None
+    with db.session() as s:  # a short read: no row is locked while the bytes are read
+        job = s.get(Job, report.get("job_id"))
+        if job is None or job.attempt != report.get("attempt") \
+                or job.lease_token != report.get("lease_token") or job.state in JOB_FINAL:
+            return None
+        files, endpoint = _output_files(s, job.id, ("out", "log"))
+        if endpoint is None:
+            return None
+        s.expunge(endpoint)
+        infos = [FileInfo(scope=jf.scope, name=jf.lfn, size=0, adler32="") for jf in files]
+    reported = {o.get("lfn") for o in report["outputs"] if isinstance(o, dict)}
+    return ddm.stored_checksums(endpoint, [i for i in infos if i.name in reported])
+
+
+def _register(session: Session, ddm: DDM, job: Job, report: dict[str, Any],
+              types: tuple[str, ...], required: bool, stored: Stored | None = None) -> None:
+    """Register the reported outputs of ``types``; if ``required``, all must be there.
+
+    Each output's size and adler32 as the pilot reports them must match what the storage
+    holds (``stored``, or asked of the DDM now); any mismatch registers nothing."""
+    reported = {o.get("lfn"): o for o in report.get("outputs") or [] if isinstance(o, dict)}
+    files, endpoint = _output_files(session, job.id, types)
     by_dataset: dict[str, list[tuple[JobFile, FileInfo]]] = {}
     for jf in files:
         out = reported.get(jf.lfn)
@@ -163,6 +209,15 @@ def _register(session: Session, ddm: DDM, job: Job, report: dict[str, Any],
         by_dataset.setdefault(jf.dataset, []).append((jf, info))
     if by_dataset and endpoint is None:
         raise RegistrationError(f"job {job.id} has no output endpoint")
+    infos = [info for pairs in by_dataset.values() for _, info in pairs]
+    if infos and stored is None:
+        stored = ddm.stored_checksums(endpoint, infos)  # type: ignore[arg-type]
+    for info in infos:
+        held = (stored or {}).get(info.name)
+        if held is not None and held != (info.size, info.adler32):
+            raise RegistrationError(
+                f"output {info.name}: the stored file has size {held[0]} adler32 {held[1]}, "
+                f"the pilot reported {info.size} {info.adler32}; nothing was registered")
     with session.begin_nested():  # all of the job's outputs, or none of them
         for did, pairs in by_dataset.items():
             registered = ddm.register_outputs(session, did, [i for _, i in pairs], endpoint)
