@@ -13,7 +13,14 @@ from typing import Any
 
 import pytest
 import security_helpers  # noqa: F401 (puts tests/pilot on the path for pilot_helpers)
+from fastapi.testclient import TestClient
 from pilot_helpers import StubServer, adler32_hex, running_stub_server
+
+from dawms.catalog.db import Database
+from dawms.ddm_bridge.local import LocalDDM
+from dawms.scheduler.config import SchedulerConfig
+from dawms.server.app import create_app
+from factories import make_dataset
 
 
 @pytest.fixture
@@ -58,3 +65,14 @@ def job_spec(tmp_path: Path) -> Callable[..., dict[str, Any]]:
         return spec
 
     return make
+
+
+@pytest.fixture
+def api(db: Database, ddm: LocalDDM, sites: list[str], tmp_path: Path) -> Iterator[TestClient]:
+    """The real app in-process over ``db``, with dataset sec:raw (2 files) at SITE_A."""
+    make_dataset(db, ddm, "sec:raw", "SITE_A_DISK", 2, tmp_path)
+    with TestClient(create_app(db, ddm, SchedulerConfig()),
+                    raise_server_exceptions=False) as client:
+        yield client
+
+

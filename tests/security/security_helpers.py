@@ -10,7 +10,12 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "pilot"))
 
+from fastapi.testclient import TestClient  # noqa: E402
 from pilot_helpers import StubServer  # noqa: E402
+
+from dawms.catalog.db import Database  # noqa: E402
+from dawms.ddm_bridge.local import LocalDDM  # noqa: E402
+from dawms.scheduler.runner import Scheduler  # noqa: E402
 
 
 def tree(root: Path, *skip: Path) -> dict[str, bytes]:
@@ -42,3 +47,16 @@ def final_report(stub: StubServer) -> dict[str, Any]:
     updates = stub.updates()
     assert updates, "the pilot reported nothing"
     return updates[-1]
+
+
+SPEC = {"name": "sec", "transformation": "true {inputs} {output}",
+        "input_datasets": ["sec:raw"], "output_dataset": "sec:out.{task_id}",
+        "split": {"files_per_job": 1}}
+
+
+def sent_job(db: Database, ddm: LocalDDM, api: TestClient) -> dict:
+    """Submit SPEC, run the daemons once, and take one job of SITE_A_PROD as a pilot."""
+    assert api.post("/api/v1/task/submit", json=SPEC).status_code == 200
+    Scheduler(db, ddm).run_all_once()
+    reply = api.post("/api/v1/pilot/acquire_jobs", json={"queue": "SITE_A_PROD", "pilot_id": "t"})
+    return reply.json()["data"]["jobs"][0]

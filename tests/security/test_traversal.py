@@ -9,12 +9,11 @@ byte for byte, before and after).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
-from security_helpers import tree
+from security_helpers import SPEC, sent_job, tree
 from sqlalchemy import func, insert, select
 
 from dawms.catalog.db import Database
@@ -33,27 +32,14 @@ from dawms.catalog.names import InvalidName
 from dawms.cli import main
 from dawms.ddm_bridge.abc import FileInfo, RegistrationError
 from dawms.ddm_bridge.local import LocalDDM, transfer
-from dawms.scheduler.config import SchedulerConfig
 from dawms.scheduler.runner import Scheduler
-from dawms.server.app import create_app
 from factories import make_dataset, write_outputs
 
 pytestmark = pytest.mark.security
 
-SPEC = {"name": "sec", "transformation": "true {inputs} {output}",
-        "input_datasets": ["sec:raw"], "output_dataset": "sec:out.{task_id}",
-        "split": {"files_per_job": 1}}
 BAD_SCOPES = ["..", "../../escape", "/abs", "/", "a/b", "s" * 26, ".hidden", "-rf", "a b"]
 BAD_NAMES = ["..", "../../escape", "/etc/passwd", "/abs", "a/b", "x/../../y", "n" * 251,
              ".hidden", "-rf", "a..b", "a b", "a\\b", "é"]
-
-
-@pytest.fixture
-def api(db: Database, ddm: LocalDDM, sites: list[str], tmp_path: Path) -> Iterator[TestClient]:
-    make_dataset(db, ddm, "sec:raw", "SITE_A_DISK", 2, tmp_path)
-    with TestClient(create_app(db, ddm, SchedulerConfig()),
-                    raise_server_exceptions=False) as client:
-        yield client
 
 
 def _disk(tmp_path: Path) -> dict[str, bytes]:
@@ -142,18 +128,11 @@ def test_a_ddm_event_with_escaping_names_is_refused(db: Database, ddm: LocalDDM,
 
 # --- a pilot report ------------------------------------------------------------------------------
 
-def _sent_job(db: Database, ddm: LocalDDM, api: TestClient) -> dict:
-    assert api.post("/api/v1/task/submit", json=SPEC).status_code == 200
-    Scheduler(db, ddm).run_all_once()
-    reply = api.post("/api/v1/pilot/acquire_jobs", json={"queue": "SITE_A_PROD", "pilot_id": "t"})
-    return reply.json()["data"]["jobs"][0]
-
-
 @pytest.mark.parametrize("bad", BAD_NAMES)
 def test_a_pilot_report_with_escaping_names_is_refused(db: Database, ddm: LocalDDM,
                                                        api: TestClient, tmp_path: Path,
                                                        bad: str) -> None:
-    job = _sent_job(db, ddm, api)
+    job = sent_job(db, ddm, api)
     outputs = write_outputs(job)  # the real outputs are on disk...
     before, disk = _counts(db), _disk(tmp_path)
     body = {"job_id": job["job_id"], "attempt": job["attempt"], "lease_token": job["lease_token"],
@@ -171,7 +150,7 @@ def test_a_pilot_report_with_escaping_names_is_refused(db: Database, ddm: LocalD
 
 def test_the_job_spec_names_only_endpoints_its_urls_lie_under(db: Database, ddm: LocalDDM,
                                                               api: TestClient) -> None:
-    job = _sent_job(db, ddm, api)
+    job = sent_job(db, ddm, api)
     prefixes = job["endpoints"]
     assert job["endpoint_out"] in prefixes
     for url in [u for i in job["inputs"] for u in i["urls"]] + \
