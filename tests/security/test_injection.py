@@ -53,6 +53,9 @@ def test_a_name_is_never_substituted_twice() -> None:
     argv = build_command("prog {output} --out={output} {outputs}",
                          inputs=[], outputs=["{output}", "{job_id}"], job_id=1, attempt=1)
     assert argv == ["prog", "{output}", "--out={output}", "{output}", "{job_id}"]
+    argv = build_command("prog --out={output} -j {job_id}", inputs=[],
+                         outputs=["{job_id}.{attempt}"], job_id=5, attempt=6)
+    assert argv == ["prog", "--out={job_id}.{attempt}", "-j", "5"]
 
 
 @pytest.mark.parametrize("template", QUOTED_TEMPLATES)
