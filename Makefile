@@ -26,8 +26,12 @@ services: venv
 demo: venv
 	$(BIN)/dawms demo
 
+# ruff, the import contracts of pyproject.toml (over the installed package), and the
+# architecture rules (one writer of state columns, history rows, existing references)
 lint: venv
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports
+	$(BIN)/pytest -q -p no:cacheprovider tests/test_architecture.py
 
 test: venv services lint
 	. .services/env && DAWMS_NO_SKIP=1 $(BIN)/pytest -q -p no:cacheprovider -rfEs

@@ -2,7 +2,7 @@
 
 The command template is split into argv first and its placeholders
 (``{inputs}``, ``{output}``, ``{outputs}``, ``{job_id}``, ``{attempt}``) are
-then replaced per argument (``pilot/command.py``); the argv runs without a
+then replaced per argument (``wire/command.py``); the argv runs without a
 shell, in the job's work dir, in its own session so the whole process tree can
 be killed: at the walltime limit, on a server
 command, or when the pilot itself is told to stop. stdout and stderr go to
@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from dawms.pilot.command import TemplateError, build_argv
+from dawms.wire.command import TemplateError, build_argv
 
 log = logging.getLogger(__name__)
 

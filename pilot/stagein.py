@@ -1,14 +1,14 @@
 """Stage-in: bring every input of a job into its work dir, verified.
 
 Each input lists replica URLs ranked by the server. The queue's mover
-preferences (``spec["movers"]["read"]``) say which schemes this site may read
+preferences (``spec.movers.read``) say which schemes this site may read
 and in which order to fall back; within a scheme the server's order is kept.
 A replica that fails (unreachable, wrong size, wrong adler32) is skipped for
 the next one; when none works, ``StageInError`` lists every attempt.
 
 Nothing is fetched from outside the job's storage endpoints: a replica URL must
 lie under the URL prefix of one of the endpoints the spec lists
-(``spec["endpoints"]``, name -> prefix), and the local copy must land inside the
+(``spec.endpoints``, name -> prefix), and the local copy must land inside the
 work dir (a plain file name, checked after resolving links).
 """
 
@@ -18,10 +18,10 @@ import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from dawms.storage.movers import MoverError, get_mover, scheme_of
 from dawms.storage.paths import PathEscape, check_component, confine_path, within_url
+from dawms.wire import InputFile, JobSpec
 
 log = logging.getLogger(__name__)
 
@@ -52,37 +52,34 @@ def order_urls(urls: Sequence[str], preferred: Sequence[str] | None) -> list[str
     return sorted(allowed, key=lambda u: rank[scheme_of(u)])  # sorted() is stable
 
 
-def endpoint_prefixes(spec: dict[str, Any]) -> list[str]:
-    """The URL prefixes of the storage endpoints a job spec names."""
-    endpoints = spec.get("endpoints")
-    if not isinstance(endpoints, dict):
-        return []
-    return [p for p in endpoints.values() if isinstance(p, str) and "://" in p]
+def endpoint_prefixes(spec: JobSpec) -> list[str]:
+    """The URL prefixes of the storage endpoints a job spec names (the record checked
+    that each is ``scheme://...``)."""
+    return list(spec.endpoints.values())
 
 
 def stage_in_file(
-    item: dict[str, Any], workdir: Path, preferred: Sequence[str] | None = None, *,
+    item: InputFile, workdir: Path, preferred: Sequence[str] | None = None, *,
     allowed: Sequence[str],
 ) -> StagedFile:
-    """Copy one input (a wire.py input entry) to ``workdir/<lfn>``, reading only from URLs
+    """Copy one input of the job spec to ``workdir/<lfn>``, reading only from URLs
     under one of the ``allowed`` endpoint prefixes."""
-    lfn = item["lfn"]
+    lfn = item.lfn
     try:
         dst = confine_path(workdir, Path(workdir) / check_component(lfn, "input name"))
     except PathEscape as exc:
-        raise StageInError(f"{str(lfn)[:60]!r}: an input name must be a plain file name "
+        raise StageInError(f"{lfn[:60]!r}: an input name must be a plain file name "
                            f"({exc})") from None
-    urls = list(item.get("urls") or [])
-    inside = [u for u in urls if isinstance(u, str) and any(within_url(p, u) for p in allowed)]
+    urls = list(item.urls)
+    inside = [u for u in urls if any(within_url(p, u) for p in allowed)]
     candidates = order_urls(inside, preferred)
-    attempts = [f"{str(u)[:200]}: not under any storage endpoint of the job" for u in urls
+    attempts = [f"{u[:200]}: not under any storage endpoint of the job" for u in urls
                 if u not in inside]
     attempts += [f"{u}: scheme not allowed by the queue ({', '.join(preferred or [])})"
                  for u in inside if u not in candidates]
     for url in candidates:
         try:
-            transfer = get_mover(url).get(url, dst, size=item.get("size"),
-                                          adler32=item.get("adler32"))
+            transfer = get_mover(url).get(url, dst, size=item.size, adler32=item.adler32)
         except MoverError as exc:
             log.warning("stage-in of %s from %s failed: %s", lfn, url, exc)
             attempts.append(f"{url}: {exc}")
@@ -95,13 +92,13 @@ def stage_in_file(
 
 
 def stage_in(
-    spec: dict[str, Any], workdir: Path, *, should_stop: Callable[[], bool] = lambda: False
+    spec: JobSpec, workdir: Path, *, should_stop: Callable[[], bool] = lambda: False
 ) -> list[StagedFile]:
     """Stage in every input of ``spec``; stop early if ``should_stop()`` turns true."""
-    preferred = (spec.get("movers") or {}).get("read")
+    preferred = spec.movers.read
     allowed = endpoint_prefixes(spec)
     staged = []
-    for item in spec.get("inputs") or []:
+    for item in spec.inputs:
         if should_stop():
             raise StageInError("stage-in interrupted")
         staged.append(stage_in_file(item, workdir, preferred, allowed=allowed))

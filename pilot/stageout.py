@@ -1,16 +1,16 @@
 """Stage-out: copy a job's outputs and its log to their destination URLs.
 
 The server gives each output (and the log) one destination URL; the queue's
-mover preferences (``spec["movers"]["write"]`` for outputs, ``"log"`` falling
-back to ``"write"`` for the log) say which schemes this site may write. The
-result is what the final report carries: ``{lfn, type, size, adler32}`` of the
-bytes actually sent.
+mover preferences (``spec.movers.write`` for outputs, ``log`` falling back to
+``write`` for the log) say which schemes this site may write. The result is
+what the final report carries: a ``wire.OutputReport`` (lfn, type, size,
+adler32) of the bytes actually sent.
 
 Nothing leaves from outside the work dir and nothing goes outside the job's
 output endpoint: the local file must be a regular file inside the work dir
 (links resolved, so a payload cannot ship a link to a file of the worker node),
 and the destination URL must lie under the URL prefix of the spec's
-``endpoint_out`` (``spec["endpoints"]``).
+``endpoint_out`` (``spec.endpoints``).
 """
 
 from __future__ import annotations
@@ -18,10 +18,10 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 from dawms.storage.movers import MoverError, get_mover, scheme_of
 from dawms.storage.paths import PathEscape, check_component, confine_path, within_url
+from dawms.wire import JobSpec, OutputReport
 
 log = logging.getLogger(__name__)
 
@@ -30,20 +30,18 @@ class StageOutError(Exception):
     """An output or the log could not be copied to its destination."""
 
 
-def output_prefix(spec: dict[str, Any]) -> str:
+def output_prefix(spec: JobSpec) -> str:
     """The URL prefix of the job's output endpoint, or "" when the spec names none."""
-    endpoints = spec.get("endpoints")
-    prefix = endpoints.get(spec.get("endpoint_out")) if isinstance(endpoints, dict) else None
-    return prefix if isinstance(prefix, str) else ""
+    return spec.endpoints.get(spec.endpoint_out, "")
 
 
 def stage_out_file(
     lfn: str, path: Path, url: str, file_type: str, allowed: Sequence[str] | None = None, *,
     workdir: Path, prefix: str,
-) -> dict[str, Any]:
+) -> OutputReport:
     """Put one local file of ``workdir`` to ``url`` under ``prefix``; return its report entry."""
-    if not isinstance(url, str) or not prefix or not within_url(prefix, url):
-        raise StageOutError(f"{lfn}: destination {str(url)[:200]} is not under the job's "
+    if not prefix or not within_url(prefix, url):
+        raise StageOutError(f"{lfn}: destination {url[:200]} is not under the job's "
                             f"output endpoint {prefix or '(none given)'}")
     if allowed and scheme_of(url) not in {s.lower() for s in allowed}:
         raise StageOutError(f"{lfn}: destination {url} uses a scheme the queue may not write "
@@ -63,22 +61,21 @@ def stage_out_file(
     except MoverError as exc:
         raise StageOutError(f"{lfn}: {exc}") from exc
     log.info("staged out %s to %s (%d bytes, %.2f s)", lfn, url, transfer.size, transfer.seconds)
-    return {"lfn": lfn, "type": file_type, "size": transfer.size, "adler32": transfer.adler32}
+    return OutputReport(lfn=lfn, type=file_type, size=transfer.size, adler32=transfer.adler32)
 
 
-def stage_out_outputs(spec: dict[str, Any], workdir: Path) -> list[dict[str, Any]]:
+def stage_out_outputs(spec: JobSpec, workdir: Path) -> list[OutputReport]:
     """Put every output of ``spec`` from ``workdir``; the first failure raises."""
-    allowed = (spec.get("movers") or {}).get("write")
+    allowed = spec.movers.write
     prefix = output_prefix(spec)
-    return [stage_out_file(o["lfn"], workdir / o["lfn"], o["url"], "out", allowed,
+    return [stage_out_file(o.lfn, workdir / o.lfn, o.url, "out", allowed,
                            workdir=workdir, prefix=prefix)
-            for o in spec.get("outputs") or []]
+            for o in spec.outputs]
 
 
-def stage_out_log(spec: dict[str, Any], tarball: Path, workdir: Path) -> dict[str, Any]:
-    """Put the log tarball (in ``workdir``) to ``spec["log"]["url"]``."""
-    movers = spec.get("movers") or {}
-    allowed = movers.get("log") or movers.get("write")
-    entry = spec["log"]
-    return stage_out_file(entry["lfn"], tarball, entry["url"], "log", allowed,
+def stage_out_log(spec: JobSpec, tarball: Path, workdir: Path) -> OutputReport:
+    """Put the log tarball (in ``workdir``) to ``spec.log.url``."""
+    if spec.log is None:
+        raise StageOutError("the job has no log destination")
+    return stage_out_file(spec.log.lfn, tarball, spec.log.url, "log", spec.movers.for_log(),
                           workdir=workdir, prefix=output_prefix(spec))

@@ -24,33 +24,17 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from dawms.catalog.models import Job, JobFile, StorageEndpoint, Task
-from dawms.catalog.states import JOB_FINAL, Entity, JobState
+from dawms.catalog.states import JOB_FINAL, PILOT_REPORT_PATHS, PILOT_REPORTABLE, Entity, JobState
 from dawms.catalog.transition import StaleState, transition
 from dawms.ddm_bridge.abc import DDM, FileInfo, RegistrationError
+from dawms.wire import Command, JobReport, WireError
 
-from .kill import KILL
 from .retry import retry_failed
 
 if TYPE_CHECKING:
     from dawms.catalog.db import Database
 
 Stored = Mapping[str, tuple[int, str]]  # file name -> (size, adler32) read from storage
-
-REPORTABLE = {JobState.STARTING, JobState.RUNNING, JobState.HOLDING, JobState.TRANSFERRING,
-              JobState.FINISHED, JobState.FAILED}
-# how a report's state is reached from the job's current one (each step logged)
-PATHS: dict[tuple[str, str], list[JobState]] = {
-    ("sent", "starting"): [JobState.STARTING],
-    ("sent", "running"): [JobState.RUNNING],
-    ("starting", "running"): [JobState.RUNNING],
-    ("sent", "finished"): [JobState.RUNNING, JobState.HOLDING],
-    ("starting", "finished"): [JobState.RUNNING, JobState.HOLDING],
-    ("running", "finished"): [JobState.HOLDING],
-    ("running", "holding"): [JobState.HOLDING],
-    ("running", "transferring"): [JobState.TRANSFERRING],
-    ("holding", "finished"): [],
-    ("transferring", "finished"): [],
-}
 
 
 class StaleReport(Exception):
@@ -79,25 +63,32 @@ def _fenced(session: Session, job_id: int, attempt: int, token: str,
     return job
 
 
-def pilot_update(session: Session, ddm: DDM, report: dict[str, Any],
+def parse_report(report: JobReport | Mapping[str, Any]) -> JobReport:
+    """The report as a record; ``BadReport`` if it is malformed (nothing changed)."""
+    if isinstance(report, JobReport):
+        return report
+    try:
+        return JobReport.from_dict(report)
+    except WireError as exc:
+        raise BadReport(f"{exc}; a pilot may report "
+                        f"{', '.join(sorted(s.value for s in PILOT_REPORTABLE))}") from None
+
+
+def pilot_update(session: Session, ddm: DDM, report: JobReport | Mapping[str, Any],
                  now: datetime | None = None, *, stored: Stored | None = None) -> dict[str, Any]:
     """Apply one pilot report; returns the reply data (``{"command": ...}``).
 
     ``stored``: what ``stored_outputs`` read before this transaction; without it the
     outputs' checksums are read here, under the job's row lock."""
     now = now or datetime.now(UTC)
-    try:
-        job_id, attempt = int(report["job_id"]), int(report["attempt"])
-        token, state = str(report["lease_token"]), JobState(report["state"])
-    except (KeyError, TypeError, ValueError) as exc:
-        raise BadReport(f"a report needs job_id, attempt, lease_token and a state: {exc}") \
-            from None
-    if state not in REPORTABLE:
-        raise BadReport(f"a pilot may not report {state.value}; it may report "
-                        f"{sorted(s.value for s in REPORTABLE)}")
+    report = parse_report(report)
+    job_id, attempt, token = report.job_id, report.attempt, report.lease_token
+    state = JobState(report.state)
+    if state not in PILOT_REPORTABLE:  # the record's choices come from this table
+        raise BadReport(f"a pilot may not report {state.value}")
     job = _fenced(session, job_id, attempt, token,
                   lock_task=state in (JobState.FAILED, JobState.FINISHED))
-    metrics = {**(job.metrics or {}), **(report.get("metrics") or {})}
+    metrics = {**(job.metrics or {}), **report.metrics}
     session.execute(update(Job).where(Job.id == job.id)
                     .values(heartbeat_at=now, metrics=metrics))
     actor = f"pilot:{job.pilot_id}"
@@ -113,30 +104,28 @@ def pilot_update(session: Session, ddm: DDM, report: dict[str, Any],
 
     current = job.state
     reply = {"command": job.command}
+    path = PILOT_REPORT_PATHS.get((JobState(current), state))
+    if path is None:
+        raise StaleReport(f"job {job_id} is {current}; a report of {state.value} does not "
+                          "follow from it")
     if state == JobState.FAILED:
+        diag = report.error_diag
         try:  # a failed job's log is welcome, but its failure is recorded regardless
             _register(session, ddm, job, report, types=("log",), required=False,
                       stored=stored)
         except RegistrationError as exc:
-            report = {**report, "error_diag": f"{report.get('error_diag', '')} "
-                                              f"(log not registered: {exc})".strip()}
-        killed = job.command == KILL  # the pilot obeyed a kill: cancelled, never retried
+            diag = f"{diag} (log not registered: {exc})".strip()
+        killed = job.command == Command.KILL  # the pilot obeyed a kill: cancelled, never retried
         step(current, JobState.CANCELLED if killed else JobState.FAILED,
-             "killed on request" if killed else report.get("error_diag", "")[:500],
-             exit_code=report.get("exit_code"),
-             error_category="killed" if killed
-             else str(report.get("error_category") or "pilot")[:32],
-             error_diag=str(report.get("error_diag", ""))[:4000])
+             "killed on request" if killed else diag[:500],
+             exit_code=report.exit_code,
+             error_category="killed" if killed else (report.error_category or "pilot"),
+             error_diag=diag[:4000])
         if not killed:
             retry_failed(session, [job.id], now)
         return reply
-    if state == current:
-        return reply  # a heartbeat
-    path = PATHS.get((current, state.value))
-    if path is None:
-        raise StaleReport(f"job {job_id} is {current}; a report of {state.value} does not "
-                          "follow from it")
-    for dst in path:
+    last = len(path) - 1 if state == JobState.FINISHED else len(path)
+    for dst in path[:last]:
         current = step(current, dst, "reported by the pilot",
                        **({"started_at": now} if dst == JobState.RUNNING else {}))
     if state == JobState.FINISHED:
@@ -144,12 +133,12 @@ def pilot_update(session: Session, ddm: DDM, report: dict[str, Any],
             _register(session, ddm, job, report, types=("out", "log"), required=True,
                       stored=stored)
         except RegistrationError as exc:
-            step(current, JobState.FAILED, str(exc), exit_code=report.get("exit_code"),
+            step(current, JobState.FAILED, str(exc), exit_code=report.exit_code,
                  error_category="stageout", error_diag=str(exc)[:4000])
             retry_failed(session, [job.id], now)
             return reply
-        step(current, JobState.FINISHED, "outputs registered",
-             exit_code=report.get("exit_code", 0))
+        step(current, path[-1], "outputs registered",
+             exit_code=report.exit_code if report.exit_code is not None else 0)
     return reply
 
 
@@ -163,34 +152,33 @@ def _output_files(session: Session, job_id: int,
     return files, endpoint
 
 
-def stored_outputs(db: Database, ddm: DDM, report: dict[str, Any]) -> Stored | None:
+def stored_outputs(db: Database, ddm: DDM, report: JobReport) -> Stored | None:
     """Before a final report's transaction: the stored size and adler32 of the outputs it
     reports, read through the DDM with no transaction open. None for any other report,
     or one whose fence is not current (its transaction refuses it anyway)."""
-    if report.get("state") not in (JobState.FINISHED, JobState.FAILED) \
-            or not report.get("outputs"):
+    if report.state not in (JobState.FINISHED, JobState.FAILED) or not report.outputs:
         return None
     with db.session() as s:  # a short read: no row is locked while the bytes are read
-        job = s.get(Job, report.get("job_id"))
-        if job is None or job.attempt != report.get("attempt") \
-                or job.lease_token != report.get("lease_token") or job.state in JOB_FINAL:
+        job = s.get(Job, report.job_id)
+        if job is None or job.attempt != report.attempt \
+                or job.lease_token != report.lease_token or job.state in JOB_FINAL:
             return None
         files, endpoint = _output_files(s, job.id, ("out", "log"))
         if endpoint is None:
             return None
         s.expunge(endpoint)
         infos = [FileInfo(scope=jf.scope, name=jf.lfn, size=0, adler32="") for jf in files]
-    reported = {o.get("lfn") for o in report["outputs"] if isinstance(o, dict)}
+    reported = {o.lfn for o in report.outputs}
     return ddm.stored_checksums(endpoint, [i for i in infos if i.name in reported])
 
 
-def _register(session: Session, ddm: DDM, job: Job, report: dict[str, Any],
+def _register(session: Session, ddm: DDM, job: Job, report: JobReport,
               types: tuple[str, ...], required: bool, stored: Stored | None = None) -> None:
     """Register the reported outputs of ``types``; if ``required``, all must be there.
 
     Each output's size and adler32 as the pilot reports them must match what the storage
     holds (``stored``, or asked of the DDM now); any mismatch registers nothing."""
-    reported = {o.get("lfn"): o for o in report.get("outputs") or [] if isinstance(o, dict)}
+    reported = {o.lfn: o for o in report.outputs}
     files, endpoint = _output_files(session, job.id, types)
     by_dataset: dict[str, list[tuple[JobFile, FileInfo]]] = {}
     for jf in files:
@@ -199,13 +187,8 @@ def _register(session: Session, ddm: DDM, job: Job, report: dict[str, Any],
             if not required:
                 continue  # e.g. a failed job's log: welcome, not owed
             raise RegistrationError(f"the pilot did not report output {jf.lfn}")
-        try:
-            info = FileInfo(scope=jf.scope, name=jf.lfn, size=int(out["size"]),
-                            adler32=str(out["adler32"]).lower())
-        except (KeyError, TypeError, ValueError):
-            raise RegistrationError(f"output {jf.lfn} needs size and adler32") from None
-        if len(info.adler32) != 8 or any(c not in "0123456789abcdef" for c in info.adler32):
-            raise RegistrationError(f"output {jf.lfn}: adler32 {info.adler32!r} is not 8 hex")
+        # the record checked size and adler32 (8 hex digits)
+        info = FileInfo(scope=jf.scope, name=jf.lfn, size=out.size, adler32=out.adler32.lower())
         by_dataset.setdefault(jf.dataset, []).append((jf, info))
     if by_dataset and endpoint is None:
         raise RegistrationError(f"job {job.id} has no output endpoint")

@@ -23,7 +23,7 @@ input dataset the DDM does not know is such a problem. Dataset names follow the
 catalog's grammar (``catalog/names.py``): the output and log templates are
 checked with the widest ``{task_id}`` filled in, and again with the real id, as
 are the file names made from them; the transformation must split into a safe
-argv (``pilot/command.py``: placeholders per argument, none inside a script).
+argv (``wire/command.py``: placeholders per argument, none inside a script).
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ from dawms.catalog.names import MAX_NAME, split_did
 from dawms.catalog.states import Entity, TaskState
 from dawms.catalog.transition import record_created
 from dawms.ddm_bridge.abc import DDM, UnknownDataset
-from dawms.pilot.command import TemplateError, split_template
+from dawms.wire.command import TemplateError, split_template
 
 from .naming import log_lfn, output_lfn
 

@@ -19,6 +19,11 @@ def format_adler32(value: int) -> str:
     return f"{value & 0xFFFFFFFF:08x}"
 
 
+def bytes_adler32(data: bytes) -> str:
+    """The adler32 of bytes in memory, in canonical form."""
+    return format_adler32(zlib.adler32(data))
+
+
 def normalize_adler32(text: str) -> str:
     """Accept ``0A1B2C3D``, ``ad:a1b2c3d`` or ``a1b2c3d`` and return ``0a1b2c3d``."""
     value = text.strip().lower().removeprefix("ad:")

@@ -8,7 +8,6 @@ fails the waiting jobs as a DDM failure and gets them retried.
 
 from __future__ import annotations
 
-import zlib
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -35,6 +34,7 @@ from dawms.ddm_bridge.local import LocalDDM, transfer
 from dawms.scheduler import activator, broker, refiner
 from dawms.scheduler.config import SchedulerConfig
 from dawms.scheduler.task import submit
+from dawms.storage.checksum import bytes_adler32
 from factories import make_dataset, site_config
 
 NOW = datetime(2030, 5, 6, 7, 8, 9, tzinfo=UTC)
@@ -77,7 +77,7 @@ def test_upload_and_list_files(db: Database, ddm: LocalDDM, sites: list[str],
         ep = endpoint(s, "SITE_A_DISK")
         for f, p in zip(files, paths, strict=True):
             data = p.read_bytes()
-            assert (f.scope, f.size, f.adler32) == ("t", 5000, f"{zlib.adler32(data):08x}")
+            assert (f.scope, f.size, f.adler32) == ("t", 5000, bytes_adler32(data))
             assert f.guid
             assert local_path(ddm, ep, "t", f.name).read_bytes() == data
         assert set(replica_states(s, [f.id for f in files]).values()) == {"available"}
@@ -246,7 +246,7 @@ def test_register_outputs_checks_the_file_is_there_with_its_size(
         good = local_path(ddm, ep, "t", "out._000001.1")
         good.parent.mkdir(parents=True)
         good.write_bytes(b"x" * 1234)
-        adler = f"{zlib.adler32(good.read_bytes()):08x}"
+        adler = bytes_adler32(good.read_bytes())
         ok = FileInfo("t", "out._000001.1", 1234, adler)
         with pytest.raises(RegistrationError, match="is not at"):
             ddm.register_outputs(s, "t:out", [ok, FileInfo("t", "gone", 10, adler)], ep)

@@ -112,16 +112,21 @@ class LocalDDM(DDM):
         have = set(session.scalars(select(Replica.file_id).where(
             Replica.endpoint_id == endpoint.id, Replica.file_id.in_([f.id for f in out]))))
         now = datetime.now(UTC)
+        born = []
         for f in out:
             if f.id not in attached:
                 session.add(DatasetFile(dataset_id=ds.id, file_id=f.id, position=position))
                 position += 1
                 attached.add(f.id)
             if f.id not in have:
-                session.add(Replica(file_id=f.id, endpoint_id=endpoint.id,
+                born.append(Replica(file_id=f.id, endpoint_id=endpoint.id,
                                     state=ReplicaState.AVAILABLE, updated_at=now))
                 have.add(f.id)
+        session.add_all(born)
         session.flush()
+        record_created(session, Entity.REPLICA, [(r.id, None) for r in born],
+                       ReplicaState.AVAILABLE, actor="ddm:local", reason=f"registered in {did}",
+                       now=now)
         return out
 
     def upload(self, session: Session, did: str, paths: Iterable[str | Path],
@@ -198,9 +203,12 @@ class LocalDDM(DDM):
             Replica.endpoint_id == endpoint.id, Replica.file_id.in_(ids)))}
         fresh = [i for i in ids if i not in existing]
         if fresh:
-            session.execute(insert(Replica), [
+            born = session.scalars(insert(Replica).returning(Replica.id), [
                 {"file_id": i, "endpoint_id": endpoint.id, "state": ReplicaState.COPYING,
-                 "updated_at": now} for i in fresh])
+                 "updated_at": now} for i in fresh]).all()
+            record_created(session, Entity.REPLICA, [(i, None) for i in born],
+                           ReplicaState.COPYING, actor="ddm:local", reason=f"request {req.id}",
+                           now=now)
         for state in (ReplicaState.BAD, ReplicaState.UNAVAILABLE):
             stale = [r.id for r in existing.values() if r.state == state]
             transition_many(session, Entity.REPLICA, stale, ReplicaState.COPYING,

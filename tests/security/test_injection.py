@@ -18,9 +18,9 @@ import pytest
 from pilot_helpers import StubServer
 from security_helpers import final_report, run_pilot
 
-from dawms.pilot.command import TemplateError, split_template
 from dawms.pilot.payload import STDOUT_NAME, PayloadError, build_command, run_payload
 from dawms.scheduler.task import TaskSpecError, validate
+from dawms.wire.command import TemplateError, split_template
 
 pytestmark = pytest.mark.security
 

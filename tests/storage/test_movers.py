@@ -8,7 +8,6 @@ writable base URL on a real server for backends that need one).
 from __future__ import annotations
 
 import os
-import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,6 +16,7 @@ import pytest
 from fsspec.implementations.memory import MemoryFileSystem
 
 from dawms.storage import movers
+from dawms.storage.checksum import bytes_adler32
 from dawms.storage.movers import (
     ChecksumMismatch,
     FsspecMover,
@@ -30,7 +30,7 @@ from dawms.storage.movers.file import FileMover
 
 
 def adler(data: bytes) -> str:
-    return f"{zlib.adler32(data) & 0xFFFFFFFF:08x}"
+    return bytes_adler32(data)
 
 
 class MoverConformance:

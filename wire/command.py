@@ -23,7 +23,8 @@ The rules, checked at submit time (``scheduler/task.py``) and again by the pilot
 
 Other braces (``awk '{print $1}'``) are kept as they are; ``{word}`` with an
 unknown word is refused, since it is most likely a typo. Standard library only:
-the pilot and the server's task validator share this module.
+the pilot and the server's task validator (``scheduler/task.py``) share this
+module, which is why it lives in the wire, the one package both ends import.
 """
 
 from __future__ import annotations
