@@ -12,8 +12,9 @@ is also a valid Rucio DID:
   ``.``, ``-`` or ``_``), and never containing ``..``.
 
 The catalog owns the grammar because every layer stores and compares these
-names. This module is standard library only (like ``states.py``): the pilot,
-which has no catalog, checks the names of its job spec with it.
+names. This module is standard library only (like ``states.py``): the wire
+records and the pilot, which may not import the catalog, read it through
+``wire/names.py`` (tests/test_architecture.py keeps it standard library only).
 """
 
 from __future__ import annotations

@@ -273,6 +273,35 @@ def test_records_round_trip(cls: type[wire.Record]) -> None:
     assert cls.from_dict(json.loads(json.dumps(record.to_dict()))) == record
 
 
+def test_a_job_specs_endpoints_are_names_to_url_prefixes() -> None:
+    """``endpoints``: keys as long as the catalog's endpoint names, values scheme://..."""
+    base = example(wire.JobSpec)
+    name = "E" * wire_job.ENDPOINT_NAME_MAX  # longer than other maps' keys may be
+    spec = wire.JobSpec.from_dict({**base, "endpoints": {name: "file:///data/site"}})
+    assert spec.endpoints == {name: "file:///data/site"}
+    for bad, fragment in [({name + "E": "file:///d"}, "keys must be strings of 1 to 128"),
+                          ({"S": "/data/site"}, "does not match"),
+                          ({"S": "file:///a b"}, "does not match"),
+                          ({"S": ""}, "does not match"),
+                          ({"S": "file:///" + "d" * wire_job.URL_MAX}, "characters"),
+                          ({f"S{i}": "file:///d" for i in range(wire_job.ENDPOINTS_MAX + 1)},
+                           "entries")]:
+        with pytest.raises(wire.WireError, match=fragment) as err:
+            wire.JobSpec.from_dict({**base, "endpoints": bad})
+        assert str(err.value).startswith("job spec.endpoints"), err.value
+
+
+@pytest.mark.parametrize("lfn", ["../x", "a/b", ".hidden", "a..b", "-rf", "x;y", "$(id)", "l",
+                                 "n" * 251])
+def test_a_reported_output_name_follows_the_catalogs_grammar(lfn: str) -> None:
+    good = {"lfn": "out.1", "type": "out", "size": 1, "adler32": "00000001"}
+    assert wire.OutputReport.from_dict(good).lfn == "out.1"
+    with pytest.raises(wire.WireError, match=r"^output\.lfn: "):
+        wire.OutputReport.from_dict({**good, "lfn": lfn})
+    with pytest.raises(ValidationError):
+        schemas.OutputFile.model_validate({**good, "lfn": lfn})
+
+
 def test_a_full_job_spec_round_trips_and_defaults_fill_in() -> None:
     spec = wire.JobSpec(
         job_id=12, attempt=2, lease_token="9f" * 16, task_id=3, job_name="demo.reco.3._000004",
