@@ -23,8 +23,10 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
 )
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship, validates
 from sqlalchemy.types import TypeDecorator
+
+from .names import check_name, check_scope
 
 
 def utcnow() -> datetime:
@@ -127,6 +129,10 @@ class Dataset(Base):
     def did(self) -> str:
         return f"{self.scope}:{self.name}"
 
+    @validates("scope", "name")
+    def _grammar(self, key: str, value: str) -> str:  # names become paths: catalog/names.py
+        return check_scope(value) if key == "scope" else check_name(value, "dataset name")
+
 
 class File(Base):
     __tablename__ = "file"
@@ -138,6 +144,10 @@ class File(Base):
     adler32: Mapped[str] = mapped_column(String(8))
     guid: Mapped[str] = mapped_column(String(36))
     events: Mapped[int | None] = mapped_column(Integer, nullable=True)
+
+    @validates("scope", "name")
+    def _grammar(self, key: str, value: str) -> str:  # names become paths: catalog/names.py
+        return check_scope(value) if key == "scope" else check_name(value, "file name")
 
 
 class DatasetFile(Base):

@@ -141,6 +141,15 @@ class DDM(ABC):
     def pfn(self, endpoint: StorageEndpoint, scope: str, name: str) -> str:
         """The URL of file ``scope:name`` on ``endpoint``."""
 
+    def stored_checksums(self, endpoint: StorageEndpoint,
+                         files: list[FileInfo]) -> dict[str, tuple[int, str]]:
+        """(size, adler32) of each of ``files`` as the storage holds it, by name, for those
+        the backend can tell (read from the bytes or asked of the storage); a file missing
+        from the answer is registered on the pilot's word. Called with no transaction
+        open (it may read whole files): output registration compares the pilot's report
+        with it and refuses a mismatch. The default can tell nothing."""
+        return {}
+
     def daemons(self) -> list[DaemonSpec]:
         """The daemons this backend needs; the runner starts exactly these."""
         return []

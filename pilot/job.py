@@ -24,11 +24,13 @@ from typing import Any
 
 from dawms.pilot.client import ClientError, JobRef, PilotClient, StaleJob
 from dawms.pilot.heartbeat import Heartbeat
-from dawms.pilot.log import PILOT_LOG_NAME, make_log_tarball, write_job_spec
+from dawms.pilot.log import LOG_MEMBERS, PILOT_LOG_NAME, make_log_tarball, write_job_spec
 from dawms.pilot.payload import STDERR_NAME, Payload, PayloadError, PayloadResult, build_command
 from dawms.pilot.stagein import StageInError, stage_in
 from dawms.pilot.stageout import StageOutError, stage_out_log, stage_out_outputs
-from dawms.wire import Command, JobSpec, OutputReport, WireError
+from dawms.wire import Command, InputFile, JobSpec, OutputReport, OutputSpec, WireError
+from dawms.wire.command import payload_env
+from dawms.wire.names import check_name, check_scope, name_problem, split_did
 
 log = logging.getLogger(__name__)
 _PACKAGE_LOGGER = "dawms.pilot"
@@ -196,7 +198,8 @@ class JobRunner:
                              job_id=spec.job_id, attempt=spec.attempt)
         env = dict(os.environ)
         env.update({"DAWMS_JOB_ID": str(spec.job_id), "DAWMS_ATTEMPT": str(spec.attempt),
-                    "DAWMS_CORES": str(spec.cores), "DAWMS_WORKDIR": str(self.workdir)})
+                    "DAWMS_CORES": str(spec.cores), "DAWMS_WORKDIR": str(self.workdir),
+                    **payload_env(inputs, [o.lfn for o in spec.outputs])})
         payload = Payload(argv, self.workdir, walltime_s=spec.walltime_s, env=env,
                           kill_grace_s=self.kill_grace_s)
         self._payload = payload
@@ -213,13 +216,13 @@ class JobRunner:
     ) -> _Failure | None:
         if spec.log is None:
             return failure
-        if not _plain_name(spec.log.lfn):
-            return failure or _Failure("pilot", "the log file name is not a plain name")
+        if problem := name_problem(spec.log.lfn, "log file name"):
+            return failure or _Failure("pilot", problem)
         try:
             tarball = make_log_tarball(self.workdir, spec.log.lfn)
-            entry = stage_out_log(spec, tarball)
-        except (StageOutError, OSError) as exc:
-            log.error("log of job %d not staged out: %s", self._ref.job_id, exc)
+            entry = stage_out_log(spec, tarball, self.workdir)
+        except (StageOutError, OSError, ValueError) as exc:
+            log.error("log of job %d not staged out: %s", spec.job_id, exc)
             if failure is None:
                 return _Failure("stageout", f"log: {exc}")
             return _Failure(failure.category, f"{failure.diag}; log not staged out: {exc}")
@@ -258,22 +261,36 @@ def run_job(
 
 
 def _check_names(spec: JobSpec) -> None:
-    names = [f.lfn for f in [*spec.inputs, *spec.outputs]]
+    """Refuse a spec whose scopes, file or dataset names break the grammar
+    (``catalog/names.py``, read through ``wire/names.py``), or whose files would
+    collide in the work dir."""
+    entries: list[tuple[str, InputFile | OutputSpec]] = [("input", f) for f in spec.inputs]
+    entries += [("output", f) for f in spec.outputs]
     if spec.log is not None:
-        names.append(spec.log.lfn)
-    bad = [n for n in names if not _plain_name(n)]
-    if bad:
-        raise _Failure("pilot", f"file names must be plain names: {bad}")
-
-
-def _plain_name(name: str) -> bool:
-    """A file name that stays inside the work dir."""
-    return bool(name) and os.path.basename(name) == name and name not in (".", "..")
+        entries.append(("log", spec.log))
+    problems, seen = [], set()
+    for what, entry in entries:
+        try:
+            check_scope(entry.scope)
+            lfn = check_name(entry.lfn, f"{what} file name")
+            if what != "input" or entry.dataset:
+                split_did(entry.dataset)
+        except ValueError as exc:
+            problems.append(f"{what}: {exc}")
+            continue
+        if lfn in seen or lfn in LOG_MEMBERS:
+            problems.append(f"{what} file name {lfn!r} is used twice in the work dir")
+        seen.add(lfn)
+    if problems:
+        raise _Failure("pilot", "the job spec is refused: " + "; ".join(problems))
 
 
 def _tail(path: Path, limit: int = 400) -> str:
-    try:
-        text = path.read_bytes()[-limit:].decode(errors="replace").strip()
+    try:  # never through a link the payload left in place of its stderr
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+        with os.fdopen(fd, "rb") as f:
+            f.seek(max(0, os.fstat(fd).st_size - limit))
+            text = f.read(limit).decode(errors="replace").strip()
     except OSError:
         return ""
     return f"stderr: ...{text}" if text else "no stderr"

@@ -1,9 +1,10 @@
 """Run a job's payload: the transformation, as a subprocess, under limits.
 
-The command template's placeholders (``{inputs}``, ``{output}``, ``{outputs}``,
-``{job_id}``, ``{attempt}``) are replaced with shell-quoted values and the
-result is split with ``shlex`` and run without a shell, in its own session so
-the whole process tree can be killed: at the walltime limit, on a server
+The command template is split into argv first and its placeholders
+(``{inputs}``, ``{output}``, ``{outputs}``, ``{job_id}``, ``{attempt}``) are
+then replaced per argument (``wire/command.py``); the argv runs without a
+shell, in the job's work dir, in its own session so the whole process tree can
+be killed: at the walltime limit, on a server
 command, or when the pilot itself is told to stop. stdout and stderr go to
 files in the work dir for the log tarball. On Linux the payload also gets
 SIGKILL if the pilot dies abruptly (``PR_SET_PDEATHSIG``), so a killed pilot
@@ -28,6 +29,9 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
+
+from dawms.wire.command import TemplateError, build_argv
 
 log = logging.getLogger(__name__)
 
@@ -78,24 +82,12 @@ def build_command(
     job_id: int | str,
     attempt: int | str,
 ) -> list[str]:
-    """Substitute the placeholders of ``template`` and split it into argv."""
-    values = {
-        "{inputs}": " ".join(shlex.quote(name) for name in inputs),
-        "{outputs}": " ".join(shlex.quote(name) for name in outputs),
-        "{output}": shlex.quote(outputs[0]) if outputs else "",
-        "{job_id}": shlex.quote(str(job_id)),
-        "{attempt}": shlex.quote(str(attempt)),
-    }
-    command = template
-    for placeholder, value in values.items():
-        command = command.replace(placeholder, value)
+    """The payload's argv: ``template`` split first, placeholders replaced per argument."""
     try:
-        argv = shlex.split(command)
-    except ValueError as exc:
-        raise PayloadError(f"cannot parse the transformation {template!r}: {exc}") from exc
-    if not argv:
-        raise PayloadError(f"the transformation {template!r} is empty")
-    return argv
+        return build_argv(template, inputs=inputs, outputs=outputs, job_id=job_id,
+                          attempt=attempt)
+    except TemplateError as exc:
+        raise PayloadError(str(exc)) from None
 
 
 @dataclass(frozen=True)
@@ -147,8 +139,10 @@ class Payload:
 
     def start(self) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
-        with open(self.workdir / STDOUT_NAME, "wb") as out, \
-                open(self.workdir / STDERR_NAME, "wb") as err:
+        if self.workdir.is_symlink():
+            raise PayloadError(f"the work dir {self.workdir} is a symbolic link")
+        with _open_new(self.workdir / STDOUT_NAME) as out, \
+                _open_new(self.workdir / STDERR_NAME) as err:
             try:
                 self._proc = subprocess.Popen(
                     self.argv, cwd=self.workdir, env=self.env, stdin=subprocess.DEVNULL,
@@ -231,6 +225,15 @@ def run_payload(
     payload = Payload(argv, workdir, walltime_s=walltime_s, env=env, kill_grace_s=kill_grace_s)
     payload.start()
     return payload.wait()
+
+
+def _open_new(path: Path) -> BinaryIO:
+    """Open ``path`` for writing without following a symbolic link planted there."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644)
+    except OSError as exc:
+        raise PayloadError(f"cannot create {path.name} in the work dir: {exc.strerror}") from None
+    return os.fdopen(fd, "wb")
 
 
 def _signal_group(pgid: int, sig: signal.Signals) -> None:

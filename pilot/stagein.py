@@ -5,17 +5,22 @@ preferences (``spec.movers.read``) say which schemes this site may read
 and in which order to fall back; within a scheme the server's order is kept.
 A replica that fails (unreachable, wrong size, wrong adler32) is skipped for
 the next one; when none works, ``StageInError`` lists every attempt.
+
+Nothing is fetched from outside the job's storage endpoints: a replica URL must
+lie under the URL prefix of one of the endpoints the spec lists
+(``spec.endpoints``, name -> prefix), and the local copy must land inside the
+work dir (a plain file name, checked after resolving links).
 """
 
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from dawms.storage.movers import MoverError, get_mover, scheme_of
+from dawms.storage.paths import PathEscape, check_component, confine_path, within_url
 from dawms.wire import InputFile, JobSpec
 
 log = logging.getLogger(__name__)
@@ -47,18 +52,31 @@ def order_urls(urls: Sequence[str], preferred: Sequence[str] | None) -> list[str
     return sorted(allowed, key=lambda u: rank[scheme_of(u)])  # sorted() is stable
 
 
+def endpoint_prefixes(spec: JobSpec) -> list[str]:
+    """The URL prefixes of the storage endpoints a job spec names (the record checked
+    that each is ``scheme://...``)."""
+    return list(spec.endpoints.values())
+
+
 def stage_in_file(
-    item: InputFile, workdir: Path, preferred: Sequence[str] | None = None
+    item: InputFile, workdir: Path, preferred: Sequence[str] | None = None, *,
+    allowed: Sequence[str],
 ) -> StagedFile:
-    """Copy one input of the job spec to ``workdir/<lfn>``."""
+    """Copy one input of the job spec to ``workdir/<lfn>``, reading only from URLs
+    under one of the ``allowed`` endpoint prefixes."""
     lfn = item.lfn
-    if os.path.basename(lfn) != lfn or lfn in ("", ".", ".."):
-        raise StageInError(f"{lfn!r}: an input name must be a plain file name")
-    dst = workdir / lfn
+    try:
+        dst = confine_path(workdir, Path(workdir) / check_component(lfn, "input name"))
+    except PathEscape as exc:
+        raise StageInError(f"{lfn[:60]!r}: an input name must be a plain file name "
+                           f"({exc})") from None
     urls = list(item.urls)
-    candidates = order_urls(urls, preferred)
-    attempts = [f"{u}: scheme not allowed by the queue ({', '.join(preferred or [])})"
-                for u in urls if u not in candidates]
+    inside = [u for u in urls if any(within_url(p, u) for p in allowed)]
+    candidates = order_urls(inside, preferred)
+    attempts = [f"{u[:200]}: not under any storage endpoint of the job" for u in urls
+                if u not in inside]
+    attempts += [f"{u}: scheme not allowed by the queue ({', '.join(preferred or [])})"
+                 for u in inside if u not in candidates]
     for url in candidates:
         try:
             transfer = get_mover(url).get(url, dst, size=item.size, adler32=item.adler32)
@@ -78,9 +96,10 @@ def stage_in(
 ) -> list[StagedFile]:
     """Stage in every input of ``spec``; stop early if ``should_stop()`` turns true."""
     preferred = spec.movers.read
+    allowed = endpoint_prefixes(spec)
     staged = []
     for item in spec.inputs:
         if should_stop():
             raise StageInError("stage-in interrupted")
-        staged.append(stage_in_file(item, workdir, preferred))
+        staged.append(stage_in_file(item, workdir, preferred, allowed=allowed))
     return staged

@@ -6,6 +6,8 @@ scale"). The description is a ``dawms.wire.JobSpec`` record, the one the pilot
 parses; the row keeps its ``to_dict()``. Inputs list replica URLs local to the
 queue first, then other disk replicas as fallbacks; outputs go to the queue's
 write endpoint.
+``endpoints`` names every endpoint the spec's URLs point into, with its URL
+prefix: the pilot reads and writes nothing outside them.
 """
 
 from __future__ import annotations
@@ -75,10 +77,12 @@ def job_specs(session: Session, job_queue: dict[int, int], ddm: DDM,
         inputs: list[InputFile] = []
         outputs: list[OutputSpec] = []
         log: OutputSpec | None = None
+        used = {write.name: write.url_prefix}
         for jf, f in job_files[job.id]:
             if jf.type == "in" and f is not None:
                 held = where.get(f.id, [])
                 order = [e for e in local if e in held] + [e for e in held if e not in local]
+                used.update((by_id[e].name, by_id[e].url_prefix) for e in order)
                 inputs.append(InputFile(
                     scope=f.scope, lfn=f.name, size=f.size, adler32=f.adler32, guid=f.guid,
                     dataset=jf.dataset, urls=[ddm.pfn(by_id[e], f.scope, f.name) for e in order]))
@@ -95,5 +99,6 @@ def job_specs(session: Session, job_queue: dict[int, int], ddm: DDM,
             transformation=task.transformation, cores=job.cores,
             memory_mb=job.memory_mb, walltime_s=job.walltime_s, disk_mb=job.disk_mb,
             heartbeat_s=heartbeat_s, queue=queue.name, endpoint_out=write.name,
-            inputs=inputs, outputs=outputs, log=log, movers=Movers.of_queue(queue.movers))
+            inputs=inputs, outputs=outputs, log=log, movers=Movers.of_queue(queue.movers),
+            endpoints=used)
     return specs

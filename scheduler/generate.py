@@ -1,4 +1,9 @@
-"""Creating job rows (first attempts from the splitter, new attempts from retries)."""
+"""Creating job rows (first attempts from the splitter, new attempts from retries).
+
+Output and log file names are made here from the task's dataset names; each is
+checked against the catalog's name grammar before a row is written, so a name
+that could not be a safe path never reaches a pilot.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +15,7 @@ from sqlalchemy import insert
 from sqlalchemy.orm import Session
 
 from dawms.catalog.models import File, Job, JobFile, Task
-from dawms.catalog.names import split_did
+from dawms.catalog.names import check_name, split_did
 from dawms.catalog.states import Entity, JobState
 from dawms.catalog.transition import record_created
 
@@ -47,11 +52,13 @@ def create_jobs(session: Session, task: Task, pieces: Sequence[Piece], *, now: d
                          "dataset": did, "file_id": f.id, "size": f.size,
                          "adler32": f.adler32})
         rows.append({"job_id": job.id, "type": "out", "scope": out_scope,
-                     "lfn": output_lfn(task.output_dataset, index, attempt),
+                     "lfn": check_name(output_lfn(task.output_dataset, index, attempt),
+                                       "output file name"),
                      "dataset": task.output_dataset, "file_id": None, "size": None,
                      "adler32": None})
         rows.append({"job_id": job.id, "type": "log", "scope": log_scope,
-                     "lfn": log_lfn(task.log_dataset, index, attempt),
+                     "lfn": check_name(log_lfn(task.log_dataset, index, attempt),
+                                       "log file name"),
                      "dataset": task.log_dataset, "file_id": None, "size": None,
                      "adler32": None})
     session.execute(insert(JobFile), rows)

@@ -5,7 +5,11 @@ attempt that is not current (ended, retried, taken by another pilot) raises
 ``StaleReport`` and changes nothing, so an old attempt can never resurrect and
 report success (DIRAC's lesson). A final ``finished`` report moves the job to
 ``holding``, registers its outputs in the DDM with their size and adler32, and
-finishes it; a registration error fails it as a stage-out failure instead.
+finishes it; a registration error fails it as a stage-out failure instead. The
+pilot's adler32 is checked, not trusted: ``stored_outputs`` asks the DDM for the
+stored files' checksums (the local DDM reads their bytes) BEFORE the report's
+transaction opens, so no row lock is held while files are read, and a mismatch
+registers nothing and fails the job as a stage-out failure.
 Every reply carries the job's pending command for its pilot (``tobekilled``);
 the ``failed`` report that follows a kill makes the job ``cancelled``.
 """
@@ -14,7 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
@@ -26,6 +30,11 @@ from dawms.ddm_bridge.abc import DDM, FileInfo, RegistrationError
 from dawms.wire import Command, JobReport, WireError
 
 from .retry import retry_failed
+
+if TYPE_CHECKING:
+    from dawms.catalog.db import Database
+
+Stored = Mapping[str, tuple[int, str]]  # file name -> (size, adler32) read from storage
 
 
 class StaleReport(Exception):
@@ -66,8 +75,11 @@ def parse_report(report: JobReport | Mapping[str, Any]) -> JobReport:
 
 
 def pilot_update(session: Session, ddm: DDM, report: JobReport | Mapping[str, Any],
-                 now: datetime | None = None) -> dict[str, Any]:
-    """Apply one pilot report; returns the reply data (``{"command": ...}``)."""
+                 now: datetime | None = None, *, stored: Stored | None = None) -> dict[str, Any]:
+    """Apply one pilot report; returns the reply data (``{"command": ...}``).
+
+    ``stored``: what ``stored_outputs`` read before this transaction; without it the
+    outputs' checksums are read here, under the job's row lock."""
     now = now or datetime.now(UTC)
     report = parse_report(report)
     job_id, attempt, token = report.job_id, report.attempt, report.lease_token
@@ -99,7 +111,8 @@ def pilot_update(session: Session, ddm: DDM, report: JobReport | Mapping[str, An
     if state == JobState.FAILED:
         diag = report.error_diag
         try:  # a failed job's log is welcome, but its failure is recorded regardless
-            _register(session, ddm, job, report, types=("log",), required=False)
+            _register(session, ddm, job, report, types=("log",), required=False,
+                      stored=stored)
         except RegistrationError as exc:
             diag = f"{diag} (log not registered: {exc})".strip()
         killed = job.command == Command.KILL  # the pilot obeyed a kill: cancelled, never retried
@@ -117,7 +130,8 @@ def pilot_update(session: Session, ddm: DDM, report: JobReport | Mapping[str, An
                        **({"started_at": now} if dst == JobState.RUNNING else {}))
     if state == JobState.FINISHED:
         try:
-            _register(session, ddm, job, report, types=("out", "log"), required=True)
+            _register(session, ddm, job, report, types=("out", "log"), required=True,
+                      stored=stored)
         except RegistrationError as exc:
             step(current, JobState.FAILED, str(exc), exit_code=report.exit_code,
                  error_category="stageout", error_diag=str(exc)[:4000])
@@ -128,14 +142,44 @@ def pilot_update(session: Session, ddm: DDM, report: JobReport | Mapping[str, An
     return reply
 
 
-def _register(session: Session, ddm: DDM, job: Job, report: JobReport,
-              types: tuple[str, ...], required: bool) -> None:
-    """Register the reported outputs of ``types``; if ``required``, all must be there."""
-    reported = {o.lfn: o for o in report.outputs}
-    files = list(session.scalars(select(JobFile).where(JobFile.job_id == job.id,
+def _output_files(session: Session, job_id: int,
+                  types: tuple[str, ...]) -> tuple[list[JobFile], StorageEndpoint | None]:
+    files = list(session.scalars(select(JobFile).where(JobFile.job_id == job_id,
                                                        JobFile.type.in_(types))))
+    spec = session.scalar(select(Job.spec).where(Job.id == job_id)) or {}
     endpoint = session.scalar(select(StorageEndpoint).where(
-        StorageEndpoint.name == (job.spec or {}).get("endpoint_out")))
+        StorageEndpoint.name == spec.get("endpoint_out")))
+    return files, endpoint
+
+
+def stored_outputs(db: Database, ddm: DDM, report: JobReport) -> Stored | None:
+    """Before a final report's transaction: the stored size and adler32 of the outputs it
+    reports, read through the DDM with no transaction open. None for any other report,
+    or one whose fence is not current (its transaction refuses it anyway)."""
+    if report.state not in (JobState.FINISHED, JobState.FAILED) or not report.outputs:
+        return None
+    with db.session() as s:  # a short read: no row is locked while the bytes are read
+        job = s.get(Job, report.job_id)
+        if job is None or job.attempt != report.attempt \
+                or job.lease_token != report.lease_token or job.state in JOB_FINAL:
+            return None
+        files, endpoint = _output_files(s, job.id, ("out", "log"))
+        if endpoint is None:
+            return None
+        s.expunge(endpoint)
+        infos = [FileInfo(scope=jf.scope, name=jf.lfn, size=0, adler32="") for jf in files]
+    reported = {o.lfn for o in report.outputs}
+    return ddm.stored_checksums(endpoint, [i for i in infos if i.name in reported])
+
+
+def _register(session: Session, ddm: DDM, job: Job, report: JobReport,
+              types: tuple[str, ...], required: bool, stored: Stored | None = None) -> None:
+    """Register the reported outputs of ``types``; if ``required``, all must be there.
+
+    Each output's size and adler32 as the pilot reports them must match what the storage
+    holds (``stored``, or asked of the DDM now); any mismatch registers nothing."""
+    reported = {o.lfn: o for o in report.outputs}
+    files, endpoint = _output_files(session, job.id, types)
     by_dataset: dict[str, list[tuple[JobFile, FileInfo]]] = {}
     for jf in files:
         out = reported.get(jf.lfn)
@@ -148,6 +192,15 @@ def _register(session: Session, ddm: DDM, job: Job, report: JobReport,
         by_dataset.setdefault(jf.dataset, []).append((jf, info))
     if by_dataset and endpoint is None:
         raise RegistrationError(f"job {job.id} has no output endpoint")
+    infos = [info for pairs in by_dataset.values() for _, info in pairs]
+    if infos and stored is None:
+        stored = ddm.stored_checksums(endpoint, infos)  # type: ignore[arg-type]
+    for info in infos:
+        held = (stored or {}).get(info.name)
+        if held is not None and held != (info.size, info.adler32):
+            raise RegistrationError(
+                f"output {info.name}: the stored file has size {held[0]} adler32 {held[1]}, "
+                f"the pilot reported {info.size} {info.adler32}; nothing was registered")
     with session.begin_nested():  # all of the job's outputs, or none of them
         for did, pairs in by_dataset.items():
             registered = ddm.register_outputs(session, did, [i for _, i in pairs], endpoint)

@@ -19,42 +19,45 @@ A spec is a dict (from TOML, JSON or the Python client)::
     max_attempts = 3
 
 Every problem is reported at once (``TaskSpecError``) and nothing is stored; an
-input dataset the DDM does not know is such a problem.
+input dataset the DDM does not know is such a problem. Dataset names follow the
+catalog's grammar (``catalog/names.py``): the output and log templates are
+checked with the widest ``{task_id}`` filled in, and again with the real id, as
+are the file names made from them; the transformation must split into a safe
+argv (``wire/command.py``: placeholders per argument, none inside a script).
 """
 
 from __future__ import annotations
 
 import math
-import string
+import re
 from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy.orm import Session
 
 from dawms.catalog.models import Task
-from dawms.catalog.names import split_did
+from dawms.catalog.names import MAX_NAME, split_did
 from dawms.catalog.states import Entity, TaskState
 from dawms.catalog.transition import record_created
 from dawms.ddm_bridge.abc import DDM, UnknownDataset
+from dawms.wire.command import TemplateError, split_template
 
 from .naming import log_lfn, output_lfn
 
-PLACEHOLDERS = {"inputs", "output", "outputs", "job_id", "attempt"}
 _TOP = {"name", "owner", "transformation", "input_datasets", "output_dataset", "log_dataset",
         "split", "resources", "retry", "priority", "share"}
 _SPLIT = {"files_per_job": int, "gb_per_job": (int, float)}
 _RESOURCES = {"cores": 1, "memory_mb": 2000, "walltime_s": 3600, "disk_mb": 1000}
 # the catalog's column sizes (catalog/models.py): longer values cannot be stored
 MAX_LEN = {"name": 255, "owner": 128, "share": 64, "output_dataset": 255, "log_dataset": 255}
-MAX_SCOPE = 64  # Dataset.scope, File.scope
-MAX_LFN = 255  # File.name, JobFile.lfn
+MAX_LFN = MAX_NAME  # a file name made from a dataset name obeys the same grammar
 INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1  # priority and resources are INTEGER columns
 MAX_FILES_PER_JOB = 10**6
 MAX_BYTES = 2**63 - 1  # sizes are BIGINT
 MAX_ATTEMPTS = 100
 # what naming.py appends to a dataset's name to name its files (6-digit index, last attempt)
-_LFN_SUFFIX = {"output_dataset": len(output_lfn("s:n", 0, MAX_ATTEMPTS)) - 1,
-               "log_dataset": len(log_lfn("s:n", 0, MAX_ATTEMPTS)) - 1}
+_LFN_SUFFIX = {"output_dataset": len(output_lfn("s:nn", 0, MAX_ATTEMPTS)) - 2,
+               "log_dataset": len(log_lfn("s:nn", 0, MAX_ATTEMPTS)) - 2}
 _TASK_ID = "9" * len(str(INT32_MAX))  # the widest id {task_id} can become (task.id is INTEGER)
 
 
@@ -66,26 +69,25 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _check_template(text: str, allowed: set[str], what: str, errors: list[str]) -> None:
-    try:
-        fields = {f for _, f, _, _ in string.Formatter().parse(text) if f is not None}
-    except ValueError as exc:
-        errors.append(f"{what}: {exc}")
-        return
-    if bad := fields - allowed:
-        errors.append(f"{what}: unknown placeholders {sorted(bad)}; allowed {sorted(allowed)}")
+_FIELD = re.compile(r"\{([^{}]*)\}")
+
+
+def _check_dataset_template(text: str, what: str, errors: list[str]) -> None:
+    """Only ``{task_id}`` may appear in an output or log dataset template."""
+    if bad := sorted({f for f in _FIELD.findall(text) if f != "task_id"}):
+        errors.append(f"{what}: unknown placeholders {bad}; allowed ['task_id']")
 
 
 def _check_did(did: str, what: str, errors: list[str]) -> None:
-    """``did`` must be scope:name with a short scope and (outputs) file names that fit."""
+    """``did`` (templates: with the widest ``{task_id}`` filled in) must be scope:name in the
+    grammar, and (outputs) leave room for the file names made from it."""
+    if what in _LFN_SUFFIX:
+        did = did.replace("{task_id}", _TASK_ID)
     try:
-        scope, name = split_did(did)
+        _, name = split_did(did)
     except ValueError as exc:
         errors.append(f"{what}: {exc}")
         return
-    scope, name = scope.replace("{task_id}", _TASK_ID), name.replace("{task_id}", _TASK_ID)
-    if len(scope) > MAX_SCOPE:
-        errors.append(f"{what}: scope is {len(scope)} characters; at most {MAX_SCOPE}")
     if what in _LFN_SUFFIX and len(name) + _LFN_SUFFIX[what] > MAX_LFN:
         errors.append(f"{what}: name is {len(name)} characters; at most "
                       f"{MAX_LFN - _LFN_SUFFIX[what]} so its file names fit in {MAX_LFN}")
@@ -123,13 +125,16 @@ def validate(spec: dict[str, Any], ddm: DDM | None = None,
                           f"{MAX_LEN['output_dataset']} characters")
         else:
             _check_did(did, "input_datasets", errors)
-    if isinstance(spec.get("transformation"), str):
-        _check_template(spec["transformation"], PLACEHOLDERS, "transformation", errors)
+    if isinstance(spec.get("transformation"), str) and spec["transformation"]:
+        try:
+            split_template(spec["transformation"])
+        except TemplateError as exc:
+            errors.append(str(exc))
     out_ds = spec.get("output_dataset") or ""
     log_ds = spec.get("log_dataset") or (f"{out_ds}.log" if out_ds else "")
     for key, value in (("output_dataset", out_ds), ("log_dataset", log_ds)):
         if isinstance(value, str) and value:
-            _check_template(value, {"task_id"}, key, errors)
+            _check_dataset_template(value, key, errors)
             expanded = len(value.replace("{task_id}", _TASK_ID))
             if expanded > MAX_LEN[key]:
                 errors.append(f"{key} is {expanded} characters with {{task_id}} filled in; "
@@ -207,6 +212,11 @@ def submit(session: Session, spec: dict[str, Any], ddm: DDM, *, owner: str | Non
     session.flush()
     task.output_dataset = task.output_dataset.replace("{task_id}", str(task.id))
     task.log_dataset = task.log_dataset.replace("{task_id}", str(task.id))
+    errors: list[str] = []  # filled in, the names must still follow the grammar
+    _check_did(task.output_dataset, "output_dataset", errors)
+    _check_did(task.log_dataset, "log_dataset", errors)
+    if errors:
+        raise TaskSpecError("invalid task spec: " + "; ".join(errors))
     record_created(session, Entity.TASK, [(task.id, None)], TaskState.REGISTERED,
                    actor=f"user:{task.owner}"[:128], reason="submitted", now=now)
     return task

@@ -24,7 +24,7 @@ from dawms.catalog.models import Job, Queue
 from dawms.catalog.states import JOB_QUEUED, QUEUE_SERVED
 from dawms.catalog.transition import claim_jobs
 from dawms.ddm_bridge.abc import DDMError
-from dawms.scheduler.report import StaleReport, pilot_update
+from dawms.scheduler.report import StaleReport, pilot_update, stored_outputs
 from dawms.wire import BulkResult, JobReport
 
 from .envelope import DB_ERRORS, NotFound, db_error, ok
@@ -67,9 +67,11 @@ def acquire_jobs(body: AcquireJobs, request: Request) -> dict[str, Any]:
 
 
 def _apply(request: Request, update: JobUpdate) -> dict[str, Any]:
-    with request.app.state.db.session() as s:
-        return pilot_update(s, request.app.state.ddm, JobReport.from_dict(update.model_dump()),
-                            datetime.now(UTC))
+    db, ddm = request.app.state.db, request.app.state.ddm
+    report = JobReport.from_dict(update.model_dump())
+    stored = stored_outputs(db, ddm, report)  # outputs' bytes read before any row lock
+    with db.session() as s:
+        return pilot_update(s, ddm, report, datetime.now(UTC), stored=stored)
 
 
 @router.post("/update_job", response_model=Envelope)

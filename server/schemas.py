@@ -9,8 +9,9 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, WithJsonSchema
 
+from dawms.catalog.names import MAX_NAME, MIN_NAME, NAME_PATTERN, check_name
 from dawms.wire import ERROR_CATEGORIES, REPORTABLE_STATES
 from dawms.wire import job as wire_job
 from dawms.wire import reports as wire_reports
@@ -19,6 +20,24 @@ from dawms.wire import reports as wire_reports
 # strings are bounded by their columns (catalog/models.py)
 INT64_MAX = 2**63 - 1
 Id = Annotated[int, Field(ge=1, le=INT64_MAX)]
+
+
+def _name(max_length: int, what: str) -> Any:
+    """A string in the catalog's name grammar (catalog/names.py), as a field type whose
+    OpenAPI schema carries the pattern and the bounds."""
+    def check(value: str) -> str:
+        if len(value) > max_length:
+            raise ValueError(f"{what} is longer than {max_length} characters")
+        return check_name(value, what)
+
+    return Annotated[str, AfterValidator(check), WithJsonSchema(
+        {"type": "string", "pattern": NAME_PATTERN, "minLength": MIN_NAME,
+         "maxLength": max_length, "description": f"{what}: letters, digits, '._-'; starts "
+                                                 "with a letter or digit; no '..'"})]
+
+
+SourceName = _name(32, "source")
+ExternalId = _name(64, "external id")
 
 
 class Envelope(BaseModel):
@@ -47,7 +66,8 @@ class AcquireJobs(_PilotBody):
 class OutputFile(_PilotBody):
     """``wire.OutputReport``."""
 
-    lfn: str = Field(min_length=1, max_length=wire_job.NAME_MAX)
+    lfn: str = Field(min_length=MIN_NAME, max_length=MAX_NAME, pattern=NAME_PATTERN,
+                     description="a file name of the catalog's grammar (catalog/names.py)")
     type: Literal["out", "log"] = "out"
     size: int = Field(ge=0, le=INT64_MAX)
     adler32: str = Field(pattern=f"^{wire_job.ADLER32}$")
@@ -84,11 +104,11 @@ class JobUpdates(_PilotBody):
 class DDMEventIn(BaseModel):
     """A DDM callback: a data request ended (PanDA's datasetlock_ok, rule_ok...)."""
 
-    source: str = Field("http", max_length=32)
+    source: SourceName = "http"
     dedup_key: str = Field(max_length=255, description="the same event sent twice is kept once")
     outcome: str = Field(max_length=16, description="done | failed | cancelled")
     request_id: Id | None = None
-    external_id: str | None = Field(None, max_length=64)
+    external_id: ExternalId | None = None
     error: str = ""
 
 

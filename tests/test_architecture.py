@@ -3,8 +3,9 @@
 - The import contracts of pyproject.toml (``[tool.importlinter]``) hold over the
   installed package, and a deliberately added import against each of them makes
   ``lint-imports`` fail (a copy of the installed tree with probe modules).
-- ``catalog/states.py`` and ``wire/`` import only the standard library (and wire
-  only ``dawms.catalog.states`` of ours): the pilot installs without server deps.
+- ``catalog/states.py``, ``catalog/names.py`` and ``wire/`` import only the
+  standard library (and wire only those two catalog tables of ours): the pilot
+  installs without server deps.
 - Only ``catalog/transition.py`` writes a ``state`` column; a row inserted with its
   first state is logged with ``record_created`` in the same function; replicas
   get history rows like every other entity.
@@ -90,9 +91,11 @@ def _probes() -> dict[str, list[tuple[str, str]]]:
             src = c["source_modules"][0]
             probes[c["name"]] = [(f"{src}.probe_first_{i}", c["forbidden_modules"][0]),
                                  (f"{src}.probe_last_{i}", c["forbidden_modules"][-1])]
-    # the pilot reaches catalog.states only through wire: a direct import is refused
+    # the pilot reaches catalog.states and catalog.names only through wire: a direct
+    # import is refused
     pilot = next(c["name"] for c in CONTRACTS if c.get("source_modules") == ["dawms.pilot"])
     probes[pilot].append(("dawms.pilot.probe_states", "dawms.catalog.states"))
+    probes[pilot].append(("dawms.pilot.probe_names", "dawms.catalog.names"))
     return probes
 
 
@@ -114,9 +117,10 @@ def test_a_forbidden_import_makes_lint_imports_fail(tmp_path: Path) -> None:
 
 
 STDLIB = set(sys.stdlib_module_names) | {"__future__"}
+CATALOG_TABLES = ("catalog/states.py", "catalog/names.py")  # what wire may read of ours
 
 
-@pytest.mark.parametrize("path", ["catalog/states.py", *[
+@pytest.mark.parametrize("path", [*CATALOG_TABLES, *[
     p.relative_to(ROOT).as_posix() for p in our_files("wire")]])
 def test_the_wire_and_the_state_tables_use_the_standard_library_only(path: str) -> None:
     tree = ast.parse((ROOT / path).read_text())
@@ -128,9 +132,10 @@ def test_the_wire_and_the_state_tables_use_the_standard_library_only(path: str) 
         else:
             continue
         for name in names:
-            assert name.split(".")[0] in STDLIB or name == "dawms.catalog.states", \
+            assert name.split(".")[0] in STDLIB or name in (
+                "dawms.catalog.states", "dawms.catalog.names"), \
                 f"{path}:{node.lineno} imports {name}"
-            if path == "catalog/states.py":
+            if path in CATALOG_TABLES:
                 assert name.split(".")[0] in STDLIB, f"{path} imports {name}"
 
 

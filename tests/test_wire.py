@@ -41,6 +41,8 @@ from dawms.scheduler.report import BadReport, StaleReport, pilot_update
 from dawms.scheduler.task import submit
 from dawms.server import schemas
 from dawms.wire import fields as wire_fields
+from dawms.wire import job as wire_job
+from dawms.wire import names as wire_names
 from factories import claim, make_dataset
 
 NOW = datetime(2030, 1, 2, 3, 4, 5, tzinfo=UTC)
@@ -58,6 +60,14 @@ RECORD_IDS = [r.__name__ for r in RECORDS]
 
 
 # ----------------------------------------------------------------- examples from fields
+# per pattern a record uses: a valid value, and values that break only the pattern
+PATTERN_VALUES: dict[str, tuple[str, list[str]]] = {
+    wire_job.ADLER32: ("0a1b2c3d", ["zzzzzzzz", "0a1b2c3d0"]),
+    wire_job.URL_PREFIX: ("file:///data", ["/data", "file:///a b", "1x://h/p"]),
+    wire_names.NAME_PATTERN: ("a0.b_c-d", ["../x", ".hidden", "a..b", "a/b", "-rf", "x;y"]),
+}
+
+
 def example(cls: type[wire.Record]) -> dict[str, Any]:
     """The smallest valid input of a record, built from its fields' types and bounds."""
     return {f.name: _value(wire_fields.field_types(cls)[f.name], f.metadata)
@@ -81,7 +91,7 @@ def _value(hint: Any, rules: Any) -> Any:
     if "choices" in rules:
         return rules["choices"][-1]
     if "pattern" in rules:
-        return "0a1b2c3d"
+        return PATTERN_VALUES[rules["pattern"].pattern][0]
     return "x" * max(rules.get("min_length", 0), 1)
 
 
@@ -116,7 +126,8 @@ def _bad_values(hint: Any, rules: Any, good: Any) -> list[Any]:
         bad += [[v] for v in _bad_values(args[0], item, good[0]) if v is not None]
         return bad
     if origin is dict:
-        bad += ["x", [1], {"": 1}, {"k" * (wire_fields.MAP_KEY_MAX + 1): 1}]
+        key_max = rules.get("key_max_length", wire_fields.MAP_KEY_MAX)
+        bad += ["x", [1], {"": 1}, {"k" * (key_max + 1): 1}]
         if "max_length" in rules:
             bad.append({f"k{i}": good["k"] for i in range(rules["max_length"] + 1)})
         bad += [{"k": v} for v in _bad_values(args[1], rules.get("item", {}), good["k"])
@@ -142,7 +153,7 @@ def _bad_values(hint: Any, rules: Any, good: Any) -> list[Any]:
     if rules.get("min_length", 0) > 0:
         bad.append("")
     if "pattern" in rules:
-        bad += ["zzzzzzzz", good + "0"]
+        bad += PATTERN_VALUES[rules["pattern"].pattern][1]
     if "choices" in rules:
         bad.append("no-such-choice")
     return bad
@@ -262,6 +273,35 @@ def test_records_round_trip(cls: type[wire.Record]) -> None:
     assert cls.from_dict(json.loads(json.dumps(record.to_dict()))) == record
 
 
+def test_a_job_specs_endpoints_are_names_to_url_prefixes() -> None:
+    """``endpoints``: keys as long as the catalog's endpoint names, values scheme://..."""
+    base = example(wire.JobSpec)
+    name = "E" * wire_job.ENDPOINT_NAME_MAX  # longer than other maps' keys may be
+    spec = wire.JobSpec.from_dict({**base, "endpoints": {name: "file:///data/site"}})
+    assert spec.endpoints == {name: "file:///data/site"}
+    for bad, fragment in [({name + "E": "file:///d"}, "keys must be strings of 1 to 128"),
+                          ({"S": "/data/site"}, "does not match"),
+                          ({"S": "file:///a b"}, "does not match"),
+                          ({"S": ""}, "does not match"),
+                          ({"S": "file:///" + "d" * wire_job.URL_MAX}, "characters"),
+                          ({f"S{i}": "file:///d" for i in range(wire_job.ENDPOINTS_MAX + 1)},
+                           "entries")]:
+        with pytest.raises(wire.WireError, match=fragment) as err:
+            wire.JobSpec.from_dict({**base, "endpoints": bad})
+        assert str(err.value).startswith("job spec.endpoints"), err.value
+
+
+@pytest.mark.parametrize("lfn", ["../x", "a/b", ".hidden", "a..b", "-rf", "x;y", "$(id)", "l",
+                                 "n" * 251])
+def test_a_reported_output_name_follows_the_catalogs_grammar(lfn: str) -> None:
+    good = {"lfn": "out.1", "type": "out", "size": 1, "adler32": "00000001"}
+    assert wire.OutputReport.from_dict(good).lfn == "out.1"
+    with pytest.raises(wire.WireError, match=r"^output\.lfn: "):
+        wire.OutputReport.from_dict({**good, "lfn": lfn})
+    with pytest.raises(ValidationError):
+        schemas.OutputFile.model_validate({**good, "lfn": lfn})
+
+
 def test_a_full_job_spec_round_trips_and_defaults_fill_in() -> None:
     spec = wire.JobSpec(
         job_id=12, attempt=2, lease_token="9f" * 16, task_id=3, job_name="demo.reco.3._000004",
@@ -327,7 +367,7 @@ def test_the_pilots_report_helpers_build_records() -> None:
 
     report = update_body(JobRef(5, 2, "tok"), "failed", error_category="stagein",
                          error_diag="x" * 10_000,
-                         outputs=[wire.OutputReport(lfn="l", type="log", size=1,
+                         outputs=[wire.OutputReport(lfn="j.log", type="log", size=1,
                                                     adler32="00000001")])
     assert isinstance(report, wire.JobReport)
     assert len(report.error_diag) == 4000  # cut to the bound, not refused

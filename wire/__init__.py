@@ -2,10 +2,13 @@
 
 The one package of ours that both ends import. It is standard library only
 (dataclasses; the pilot installs with fsspec and httpx, no pydantic) and
-imports nothing of ours but ``dawms.catalog.states``, the table of what a pilot
-may report. ``protocol`` holds the paths, commands and error categories,
-``job`` the job spec, ``reports`` the acquire and update bodies and replies,
-``fields`` the strict ``from_dict``/``to_dict`` the records share.
+imports nothing of ours but two standard-library tables of the catalog:
+``dawms.catalog.states`` (what a pilot may report) and ``dawms.catalog.names``
+(the name grammar, which ``names`` hands to the pilot). ``protocol`` holds the
+paths, commands and error categories, ``job`` the job spec, ``reports`` the
+acquire and update bodies and replies, ``command`` the payload command built per
+argument from the spec's transformation, ``fields`` the strict
+``from_dict``/``to_dict`` the records share.
 """
 
 from .fields import Record, WireError

@@ -5,7 +5,8 @@ pydantic; this module is the small part of it they need. A record is a frozen
 dataclass deriving from ``Record``; each field says its bounds through
 ``bounded()`` (``ge``/``le`` for numbers, ``max_length``/``min_length`` for
 strings, lists and maps, ``pattern`` and ``choices`` for strings, ``item`` for
-the members of a list or map). ``Record.from_dict`` checks a JSON-like mapping
+the members of a list or map, ``key_max_length`` for a map's keys when not
+``MAP_KEY_MAX``). ``Record.from_dict`` checks a JSON-like mapping
 against the type hints and bounds and refuses anything else with a
 ``WireError`` naming the field; ``to_dict`` gives the JSON-ready mapping back.
 
@@ -29,7 +30,8 @@ INT64_MAX = 2**63 - 1
 INT32_MAX = 2**31 - 1
 MAP_KEY_MAX = 64  # the longest key of a ``dict[str, X]`` field
 
-_CONSTRAINTS = frozenset({"ge", "le", "min_length", "max_length", "pattern", "choices", "item"})
+_CONSTRAINTS = frozenset({"ge", "le", "min_length", "max_length", "pattern", "choices", "item",
+                          "key_max_length"})
 
 
 class WireError(ValueError):
@@ -42,12 +44,19 @@ def bounded(default: Any = dataclasses.MISSING, *, default_factory: Any = datacl
     unknown = set(constraints) - _CONSTRAINTS
     if unknown:
         raise TypeError(f"unknown constraint(s) {sorted(unknown)}")
-    if "pattern" in constraints:
-        constraints["pattern"] = re.compile(constraints["pattern"])
-    if "choices" in constraints:
-        constraints["choices"] = tuple(constraints["choices"])
+    _compile(constraints)
+    if "item" in constraints:  # the members of a list or map have their own rules
+        constraints["item"] = _compile(dict(constraints["item"]))
     return dataclasses.field(default=default, default_factory=default_factory,
                              metadata={"doc": doc, **constraints})
+
+
+def _compile(rules: dict[str, Any]) -> dict[str, Any]:
+    if "pattern" in rules:
+        rules["pattern"] = re.compile(rules["pattern"])
+    if "choices" in rules:
+        rules["choices"] = tuple(rules["choices"])
+    return rules
 
 
 class Record:
@@ -136,9 +145,10 @@ def _check(hint: Any, value: object, rules: Mapping[str, Any], where: str) -> An
         _length(value, rules, where, "entries")
         item_rules = rules.get("item", {})
         out = {}
+        key_max = rules.get("key_max_length", MAP_KEY_MAX)
         for k, v in value.items():
-            if not isinstance(k, str) or not 0 < len(k) <= MAP_KEY_MAX:
-                raise WireError(f"{where}: keys must be strings of 1 to {MAP_KEY_MAX} characters")
+            if not isinstance(k, str) or not 0 < len(k) <= key_max:
+                raise WireError(f"{where}: keys must be strings of 1 to {key_max} characters")
             out[k] = _check(inner, v, item_rules, f"{where}[{k!r}]")
         return out
     if kind == "bool":

@@ -5,6 +5,8 @@ and stores ``JobSpec.to_dict()`` on the job row; claiming the job fills in the
 fence (``attempt``, ``lease_token``); the pilot parses what it receives with
 ``JobSpec.from_dict`` and refuses a malformed one. Inputs list replica URLs in
 the order the server prefers; outputs and the log each have one destination.
+``endpoints`` maps every storage endpoint those URLs point into to its URL
+prefix: the pilot reads and writes nothing outside them.
 """
 
 from __future__ import annotations
@@ -19,7 +21,10 @@ URL_MAX = 4096
 URLS_MAX = 100  # replicas offered for one input
 FILES_MAX = 10_000  # inputs (or outputs) of one job
 SCHEMES_MAX = 16
+ENDPOINTS_MAX = 256  # storage endpoints one spec names
+ENDPOINT_NAME_MAX = 128  # the catalog's storage_endpoint.name
 ADLER32 = r"[0-9a-fA-F]{8}"
+URL_PREFIX = r"[A-Za-z][A-Za-z0-9+.-]*://\S+"  # scheme://..., no white space
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -93,11 +98,15 @@ class JobSpec(Record):
     disk_mb: int = bounded(0, ge=0, le=INT32_MAX)
     heartbeat_s: float = bounded(ge=0.01, le=86_400)
     queue: str = bounded("", max_length=128)
-    endpoint_out: str = bounded("", max_length=128)
+    endpoint_out: str = bounded("", max_length=ENDPOINT_NAME_MAX)
     inputs: list[InputFile] = bounded(default_factory=list, max_length=FILES_MAX)
     outputs: list[OutputSpec] = bounded(default_factory=list, max_length=FILES_MAX)
     log: OutputSpec | None = bounded(None)
     movers: Movers = bounded(default_factory=Movers)
+    endpoints: dict[str, str] = bounded(
+        default_factory=dict, max_length=ENDPOINTS_MAX, key_max_length=ENDPOINT_NAME_MAX,
+        item={"max_length": URL_MAX, "pattern": URL_PREFIX},
+        doc="endpoint name -> URL prefix, for every endpoint the URLs point into")
 
     def claimed(self, attempt: int, lease_token: str) -> JobSpec:
         """This spec for one claim of the job: its attempt and lease."""

@@ -13,7 +13,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .fields import INT32_MAX, INT64_MAX, Record, bounded
-from .job import ADLER32, FILES_MAX, NAME_MAX, JobSpec
+from .job import ADLER32, FILES_MAX, JobSpec
+from .names import MAX_NAME, MIN_NAME, NAME_PATTERN
 from .protocol import ERROR_CATEGORIES, REPORTABLE_STATES, Command
 
 BULK_MAX = 1000  # updates in one update_jobs_bulk
@@ -52,7 +53,8 @@ class OutputReport(Record):
 
     WHAT = "output"
 
-    lfn: str = bounded(min_length=1, max_length=NAME_MAX)
+    lfn: str = bounded(min_length=MIN_NAME, max_length=MAX_NAME, pattern=NAME_PATTERN,
+                       doc="a file name of the catalog's grammar")
     type: str = bounded("out", choices=("out", "log"))
     size: int = bounded(ge=0, le=INT64_MAX)
     adler32: str = bounded(pattern=ADLER32)

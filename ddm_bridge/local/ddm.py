@@ -3,7 +3,14 @@
 It does what Rucio does for dawms on one machine: datasets and their files,
 replicas per endpoint, replication requests (carried out by ``transfer.py``, a
 worker that copies and verifies size and adler32) and output registration
-(which checks the file is really there with the size the pilot reported).
+(which checks the file is really there with the size the pilot reported; its
+adler32 is read from the stored bytes by ``stored_checksums`` before the report's
+transaction opens).
+
+Every name that reaches it follows the catalog's grammar (``catalog/names.py``)
+and every path it builds stays under its endpoint's root (``lfn2pfn`` confines);
+anything else is refused with a ``RegistrationError`` before a byte is written,
+and its text says nothing about files outside the root.
 """
 
 from __future__ import annotations
@@ -27,7 +34,7 @@ from dawms.catalog.models import (
     Replica,
     StorageEndpoint,
 )
-from dawms.catalog.names import split_did
+from dawms.catalog.names import InvalidName, check_name, check_scope, split_did
 from dawms.catalog.states import Entity, ReplicaState, RequestState
 from dawms.catalog.transition import record_created, transition_many
 from dawms.ddm_bridge.abc import (
@@ -39,8 +46,8 @@ from dawms.ddm_bridge.abc import (
     RequestReport,
     UnknownDataset,
 )
-from dawms.storage.checksum import copy_stream
-from dawms.storage.paths import lfn2pfn
+from dawms.storage.checksum import copy_stream, url_checksum
+from dawms.storage.paths import PathEscape, lfn2pfn
 
 
 class LocalDDM(DDM):
@@ -79,8 +86,9 @@ class LocalDDM(DDM):
 
         A file already known must match in size and adler32; anything else is refused.
         """
-        ds = self._ensure_dataset(session, did)
         infos = list(files)
+        _check_names(infos)
+        ds = self._ensure_dataset(session, did)
         known = {(f.scope, f.name): f for f in session.scalars(
             select(File).where(File.name.in_([i.name for i in infos])))}
         position = session.scalar(select(func.count()).select_from(DatasetFile)
@@ -132,8 +140,12 @@ class LocalDDM(DDM):
         complete and verified. Uploading the same bytes again changes nothing.
         """
         scope, _ = split_did(did)
+        paths = [Path(p) for p in paths]
+        if bad := [problem for p in paths
+                   if (problem := _name_problem(scope, p.name, f"file {str(p)[:200]!r}"))]:
+            raise RegistrationError("; ".join(bad) + "; nothing was uploaded")
         sources: dict[str, tuple[Path, FileInfo]] = {}
-        for path in map(Path, paths):
+        for path in paths:
             with open(path, "rb") as src:
                 size, adler = copy_stream(src)
             info = FileInfo(scope=scope, name=path.name, size=size, adler32=adler)
@@ -242,6 +254,7 @@ class LocalDDM(DDM):
     # ------------------------------------------------------------- outputs
     def register_outputs(self, session: Session, did: str, files: list[FileInfo],
                          endpoint: StorageEndpoint) -> list[File]:
+        _check_names(files)
         for info in files:
             url = self.pfn(endpoint, info.scope, info.name)
             fs, path = fsspec.core.url_to_fs(url)
@@ -254,5 +267,35 @@ class LocalDDM(DDM):
                                         f"the pilot reported {info.size}")
         return self.add_files(session, did, files, endpoint)
 
+    def stored_checksums(self, endpoint: StorageEndpoint,
+                         files: list[FileInfo]) -> dict[str, tuple[int, str]]:
+        """Size and adler32 read from the stored bytes (no transaction may be open)."""
+        found = {}
+        for info in files:
+            try:
+                found[info.name] = url_checksum(self.pfn(endpoint, info.scope, info.name))
+            except (RegistrationError, OSError):
+                continue  # missing or unreadable: register_outputs says so
+        return found
+
     def pfn(self, endpoint: StorageEndpoint, scope: str, name: str) -> str:
-        return lfn2pfn(endpoint.url_prefix, scope, name)
+        try:
+            return lfn2pfn(endpoint.url_prefix, scope, name)
+        except PathEscape as exc:
+            raise RegistrationError(f"{scope}:{name} cannot be a file on {endpoint.name}: "
+                                    f"{exc}") from None
+
+
+def _name_problem(scope: str, name: str, what: str) -> str | None:
+    try:
+        check_scope(scope)
+        check_name(name, what)
+    except InvalidName as exc:
+        return str(exc)
+    return None
+
+
+def _check_names(files: Iterable[FileInfo]) -> None:
+    """Refuse (RegistrationError, nothing written) files whose names break the grammar."""
+    if bad := [p for i in files if (p := _name_problem(i.scope, i.name, "file name"))]:
+        raise RegistrationError("; ".join(bad))

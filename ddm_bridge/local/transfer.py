@@ -11,6 +11,11 @@ The worker ends no request itself: like every backend it reports, through
 the reports (``events.apply_reports``). ``run_once``, the daemon the backend
 declares, does both at once for the requests it just worked on, so the activator
 hears of them without waiting for the poller.
+
+It reads and writes only under endpoint roots: every source and destination URL
+is built by ``lfn2pfn``, which refuses a name that is not a plain file name and
+checks the result lies under the endpoint's prefix. A file whose name fails that
+fails alone, with an error that says nothing about what lies outside the root.
 """
 
 from __future__ import annotations
@@ -32,7 +37,7 @@ from dawms.catalog.transition import transition_many
 from dawms.ddm_bridge.abc import Ran
 from dawms.ddm_bridge.events import apply_reports
 from dawms.storage.checksum import copy_stream, url_checksum
-from dawms.storage.paths import lfn2pfn
+from dawms.storage.paths import PathEscape, lfn2pfn
 
 log = logging.getLogger(__name__)
 WORKER = f"{socket.gethostname()}:{os.getpid()}"
@@ -154,7 +159,10 @@ def _load(db: Database, rid: int) -> tuple[str, str, list[_Item]]:
             .order_by(StorageEndpoint.kind, Replica.id)).all()  # disk before tape
         for rep_id, file_id, prefix, _kind in src_rows:
             it = items[file_id]
-            it.sources.append((rep_id, lfn2pfn(prefix, it.scope, it.name)))
+            try:
+                it.sources.append((rep_id, lfn2pfn(prefix, it.scope, it.name)))
+            except PathEscape:
+                continue  # this file then fails alone in _work, saying why
         return dest.url_prefix, req.name, list(items.values())
 
 
@@ -167,7 +175,12 @@ def _work(db: Database, rid: int, batch: int) -> int:
             if item.dest_state == ReplicaState.AVAILABLE:
                 outcomes.append(_Outcome(item, True, []))  # another request brought it
                 continue
-            outcomes.append(_copy(item, lfn2pfn(dest_prefix, item.scope, item.name)))
+            try:
+                dest_url = lfn2pfn(dest_prefix, item.scope, item.name)
+            except PathEscape as exc:
+                outcomes.append(_Outcome(item, False, [], f"refused: {exc}"))
+                continue
+            outcomes.append(_copy(item, dest_url))
         copied += sum(1 for o in outcomes if o.ok and o.item.dest_state != "available")
         failed += [o for o in outcomes if not o.ok]
         _record(db, rid, outcomes)

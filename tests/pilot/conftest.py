@@ -53,6 +53,7 @@ def make_spec(tmp_path: Path) -> Callable[..., dict[str, Any]]:
             "log": {"scope": "test", "lfn": log_lfn, "dataset": "test:reco.log",
                     "url": (dest / "logs" / log_lfn).as_uri()},
             "movers": {"read": ["file"], "write": ["file"]},
+            "endpoint_out": "DEST", "endpoints": {"STORE": store.as_uri(), "DEST": dest.as_uri()},
         }
         spec.update(overrides)
         return spec

@@ -48,7 +48,9 @@ def test_pilot_argv_passes_only_given_options(tmp_path: Path) -> None:
 
 
 def test_the_pilot_stays_light() -> None:
-    """Importing every pilot module pulls in none of the server's dependencies."""
+    """Importing every pilot module pulls in none of the server's dependencies; of the
+    catalog only its standard-library tables (``catalog/states.py``, ``catalog/names.py``),
+    through the wire."""
     code = ("import sys, dawms.pilot.main, dawms.pilot.factory.local, dawms.storage.movers.file\n"
             "heavy = {'sqlalchemy', 'fastapi', 'pydantic', 'alembic', 'apscheduler', 'uvicorn'}\n"
             "ours = {m.split('.')[1] for m in sys.modules if m.startswith('dawms.')}\n"
@@ -57,6 +59,6 @@ def test_the_pilot_stays_light() -> None:
             " catalog)\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True, cwd="/").stdout
-    # the wire records bring the catalog's table of states (standard library), nothing more
+    # the wire brings the catalog's two standard-library tables (states, names), nothing more
     assert out.strip() == ("[] ['catalog', 'pilot', 'storage', 'wire'] "
-                           "['dawms.catalog', 'dawms.catalog.states']")
+                           "['dawms.catalog', 'dawms.catalog.names', 'dawms.catalog.states']")

@@ -174,7 +174,7 @@ def test_stagein_falls_back_to_the_next_replica_when_the_first_is_corrupt(
     urls = [replica(tmp_path / "site_a", "f.1", corrupt),
             replica(tmp_path / "site_b", "f.1", data)]
     item = InputFile(scope="t", lfn="f.1", size=len(data), adler32=adler32_hex(data), urls=urls)
-    staged = stage_in_file(item, tmp_path / "work")
+    staged = stage_in_file(item, tmp_path / "work", allowed=[tmp_path.as_uri()])
     assert staged.url == urls[1]
     assert (tmp_path / "work" / "f.1").read_bytes() == data
     assert staged.adler32 == adler32_hex(data)
@@ -187,7 +187,8 @@ def test_stagein_error_names_every_attempt(tmp_path: Path) -> None:
             "root://eos.example.org//f.2"]  # a scheme this queue may not read
     item = InputFile(scope="t", lfn="f.2", size=len(data), adler32=adler32_hex(data), urls=urls)
     with pytest.raises(StageInError) as err:
-        stage_in_file(item, tmp_path / "work", ["file"])
+        stage_in_file(item, tmp_path / "work", ["file"],
+                      allowed=[tmp_path.as_uri(), "root://eos.example.org//"])
     message = str(err.value)
     assert all(url in message for url in urls)
     assert "not allowed" in message
@@ -207,7 +208,8 @@ def test_stage_in_of_a_spec_and_early_stop(tmp_path: Path) -> None:
                    memory_mb=0, walltime_s=0, heartbeat_s=1, movers=Movers(read=["file"]),
                    inputs=[InputFile(scope="t", lfn=n, size=len(d), adler32=adler32_hex(d),
                                      urls=[replica(tmp_path / "s", n, d)])
-                           for n, d in files.items()])
+                           for n, d in files.items()],
+                   endpoints={"S": (tmp_path / "s").as_uri()})
     staged = stage_in(spec, tmp_path / "w")
     assert [s.lfn for s in staged] == list(files)
     assert sum(s.size for s in staged) == sum(len(d) for d in files.values())
@@ -219,4 +221,4 @@ def test_stagein_refuses_names_that_escape_the_work_dir(tmp_path: Path) -> None:
     item = InputFile(scope="t", lfn="../evil", size=1, adler32="00000001",
                      urls=["file:///etc/hosts"])
     with pytest.raises(StageInError, match="plain file name"):
-        stage_in_file(item, tmp_path)
+        stage_in_file(item, tmp_path, allowed=["file:///"])
