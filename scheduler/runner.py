@@ -24,6 +24,7 @@ from datetime import UTC, datetime, timedelta
 from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.schedulers.background import BackgroundScheduler
 
+from dawms import carousel
 from dawms.catalog import events, locks
 from dawms.catalog.db import Database
 from dawms.catalog.states import JOB_FINAL, Entity, JobState, RequestState, TaskState
@@ -34,6 +35,9 @@ from . import activator, broker, finisher, refiner, watcher
 from .config import SchedulerConfig
 
 log = logging.getLogger(__name__)
+CAROUSEL_WAKES = {(Entity.REPLICA.value, "available"), (Entity.TASK.value, TaskState.STAGING.value),
+                  *((Entity.REQUEST.value, st.value) for st in RequestState
+                    if st != RequestState.REQUESTED)}
 
 
 class _Daemon:
@@ -92,6 +96,8 @@ class Scheduler:
             "watcher": (lambda: watcher.run_once(db, cfg), cfg.interval_s),
             "finisher": (lambda: finisher.run_once(db), cfg.interval_s),
             "ddm_poller": (self._poll, cfg.interval_s),
+            "carousel": (lambda ccfg=carousel.CarouselConfig.from_env():
+                         carousel.run_once(db, ddm, cfg=ccfg), cfg.interval_s),
         }
         self._backend_wakes: dict[tuple[str, str], list[str]] = {}
         for spec in ddm.daemons():  # what the configured backend needs, nothing else
@@ -125,8 +131,8 @@ class Scheduler:
 
     def run_all_once(self) -> None:
         """Every daemon once, in flow order (for tests and `dawms scheduler --once`)."""
-        for name in ("refiner", "broker", "transfer", "ddm_poller", "activator", "watcher",
-                     "finisher"):
+        for name in ("refiner", "broker", "transfer", "tape", "ddm_poller", "carousel",
+                     "activator", "watcher", "finisher"):
             if name in self.daemons:
                 self.daemons[name][0]()
 
@@ -137,6 +143,8 @@ class Scheduler:
     def _on_event(self, ev: events.StateChanged) -> None:
         for name in self._backend_wakes.get((ev.entity, ev.to_state), ()):
             self.wake(name)
+        if (ev.entity, ev.to_state) in CAROUSEL_WAKES:  # a file arrived, a recall ended
+            self.wake("carousel")
         if ev.entity == Entity.TASK and ev.to_state == TaskState.REGISTERED:
             self.wake("refiner")
         elif ev.entity == Entity.JOB and ev.to_state == JobState.DEFINED:

@@ -42,8 +42,10 @@ from dawms.ddm_bridge.abc import (
 from dawms.storage.checksum import copy_stream
 from dawms.storage.paths import lfn2pfn
 
+from .staging import TapeStaging
 
-class LocalDDM(DDM):
+
+class LocalDDM(TapeStaging, DDM):
     name = "local"
 
     def __init__(self, transfer_interval_s: float = 2.0) -> None:
@@ -213,9 +215,13 @@ class LocalDDM(DDM):
                 for rid in complete]
 
     def daemons(self) -> list[DaemonSpec]:
+        from .staging import run_tape
         from .transfer import run_once
 
         return [DaemonSpec("transfer", run_once, interval_s=self.transfer_interval_s,
+                           wake_on=((Entity.REQUEST.value, RequestState.REQUESTED.value),)),
+                DaemonSpec("tape", lambda db: run_tape(db, self),
+                           interval_s=min(self.transfer_interval_s, 1.0),
                            wake_on=((Entity.REQUEST.value, RequestState.REQUESTED.value),))]
 
     # ------------------------------------------------------------- outputs

@@ -90,6 +90,7 @@ def run_once(db: Database, now: datetime | None = None, *, max_requests: int = 5
     with db.session() as s:
         ids = list(s.scalars(select(DataRequest.id).where(
             DataRequest.ddm == "local", DataRequest.state == RequestState.REQUESTED,
+            DataRequest.kind != "stage",  # tape recalls are the tape worker's (staging.py)
             or_(DataRequest.acquired_until.is_(None), DataRequest.acquired_until < now))
             .order_by(DataRequest.id).limit(max_requests)))
         claimed = []
