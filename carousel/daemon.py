@@ -114,7 +114,13 @@ def release_tape(session: Session, ddm: DDM, tape_id: int, now: datetime,
                or_(StagingFile.next_try_at.is_(None), StagingFile.next_try_at <= now))).all()
     if not rows:
         return 0
-    where = ddm.tape_locality(session, tape, [r[2] for r in rows])
+    busy = list(session.scalars(
+        select(StagingFile.file_id).join(StagingRequest,
+                                         StagingRequest.id == StagingFile.request_id)
+        .where(StagingRequest.source_id == tape_id,
+               StagingFile.state == StagingFileState.STAGING)))
+    where = ddm.tape_locality(session, tape, [r[2] for r in rows] + busy)
+    mounted = {where[f][0] for f in busy if f in where}
     cands = [Candidate(*r, cartridge=where.get(r[2], (None, 0))[0],
                        tape_position=where.get(r[2], (None, 0))[1]) for r in rows]
     since = now - timedelta(seconds=cfg.fair_window_s)
@@ -123,7 +129,7 @@ def release_tape(session: Session, ddm: DDM, tape_id: int, now: datetime,
         .join(StagingRequest, StagingRequest.id == StagingFile.request_id)
         .where(StagingRequest.source_id == tape_id, StagingFile.released_at >= since)
         .group_by(StagingRequest.share))}
-    chosen = choose(cands, limits, n_staging, b_staging, delivered, cfg)
+    chosen = choose(cands, limits, n_staging, b_staging, delivered, cfg, mounted)
     if not chosen:
         return 0
     by_request: dict[int, list[Candidate]] = defaultdict(list)

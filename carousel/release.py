@@ -5,12 +5,12 @@ queued + staging (``max_bytes`` likewise); that lookahead is shared between the
 shares with work by their targets (water-filled: a share with less work leaves
 its part to the others), each share's part taken in task priority and age
 order. Of the lookahead, at most ``max_percent`` may be staging at once, and
-nothing is released beyond it. Then, while there is room, the share furthest
-below its target (delivered bytes over the fair-share window) picks the next
-bunch: the lookahead files on the cartridge of its first file (so one mount
-reads them all), or, where the DDM does not say where files sit, the next files
-of its first request. A bunch that does not fit waits for room (another share's
-bunch may fit meanwhile), unless it could never fit, then its first files go.
+nothing is released beyond it. Then, while there is room: first more of the
+cartridges that already have files staging (they are in a drive or next in
+line, so more of them costs no mount), in tape order; else the share furthest
+below its target (delivered bytes over the fair-share window) starts the
+cartridge of its first file, or, where the DDM does not say where files sit,
+takes the next files of its first request. What does not fit waits for room.
 
 ``policy = "fifo"`` releases the oldest requests' files first, in dataset order,
 as room allows: what a carousel without shares or locality does (the benchmark
@@ -94,8 +94,10 @@ def lookahead(cands: list[Candidate], limits: TapeLimits, staging_files: int,
 
 
 def choose(cands: list[Candidate], limits: TapeLimits, staging_files: int, staging_bytes: int,
-           delivered: dict[str, float], cfg: CarouselConfig) -> list[Candidate]:
-    """The files to release now. ``delivered``: bytes released per share in the window."""
+           delivered: dict[str, float], cfg: CarouselConfig,
+           mounted: set[str] | frozenset[str] = frozenset()) -> list[Candidate]:
+    """The files to release now. ``delivered``: bytes released per share in the window;
+    ``mounted``: cartridges with files staging (in a drive or about to be)."""
     room_f = limits.staging_files - staging_files
     room_b = limits.staging_bytes - staging_bytes
     if room_f <= 0 or room_b <= 0 or not cands:
@@ -111,6 +113,8 @@ def choose(cands: list[Candidate], limits: TapeLimits, staging_files: int, stagi
                 on_cart[c.cartridge][c.id] = c
     taken: set[int] = set()
     used = defaultdict(float, {s: v for s, v in delivered.items()})
+    # cartridges already being read come first: more of them costs no mount
+    sticky = [c for c in sorted(mounted) if on_cart.get(c)]
     out: list[Candidate] = []
     while room_f > 0 and room_b > 0:
         for s in remaining:
@@ -118,23 +122,21 @@ def choose(cands: list[Candidate], limits: TapeLimits, staging_files: int, stagi
         shares = [s for s, lst in remaining.items() if lst]
         if not shares:
             break
-        wsum = sum(cfg.target(s) for s in shares)
-        total = sum(used[s] for s in shares) or 1.0
-        shares.sort(key=lambda s: (used[s] / total - cfg.target(s) / wsum, s))
-        bunch: list[Candidate] = []
-        for s in shares:
+        sticky = [c for c in sticky if on_cart.get(c)]
+        if sticky:
+            group = sorted(on_cart[sticky[0]].values(), key=lambda c: c.tape_position)
+        else:
+            wsum = sum(cfg.target(s) for s in shares)
+            total = sum(used[s] for s in shares) or 1.0
+            s = min(shares, key=lambda s: (used[s] / total - cfg.target(s) / wsum, s))
             head = remaining[s][0]
             if head.cartridge is not None:
                 group = sorted(on_cart[head.cartridge].values(), key=lambda c: c.tape_position)
+                sticky.append(head.cartridge)  # once started, a cartridge is read through
             else:
                 group = [c for c in remaining[s] if c.request_id == head.request_id]
                 group = sorted(group, key=lambda c: c.position)[:cfg.bunch_files]
-            fit = _prefix(group, room_f, room_b)
-            never = sum(c.size for c in group) > limits.staging_bytes or \
-                len(group) > limits.staging_files
-            if len(fit) == len(group) or (never and fit):
-                bunch = fit
-                break
+        bunch = _prefix(group, room_f, room_b)
         if not bunch:
             break
         for c in bunch:
