@@ -134,33 +134,37 @@ class TapeStaging:
         return out
 
 
+_DELETE = "dawms.delete_after_commit"
+
+
 def _delete_after_commit(session: Session, urls: list[str]) -> None:
     """Remove released bytes once the catalog says they are gone (never before)."""
     if not urls:
         return
+    if _DELETE not in session.info:
+        session.info[_DELETE] = []
+        if not sa_event.contains(session, "after_commit", _after_commit):
+            sa_event.listen(session, "after_commit", _after_commit)
+            sa_event.listen(session, "after_rollback", _after_rollback)
+    session.info[_DELETE].extend(urls)
 
-    def _after_commit(sess: Session) -> None:
-        if sess.in_nested_transaction():
-            return
-        sa_event.remove(session, "after_commit", _after_commit)
-        sa_event.remove(session, "after_rollback", _after_rollback)
-        for url in urls:
-            try:
-                fs, path = fsspec.core.url_to_fs(url)
-                fs.rm(path)
-            except FileNotFoundError:
-                pass
-            except Exception:  # the replica is unavailable already; a stray file is harmless
-                log.exception("could not remove released copy %s", url)
 
-    def _after_rollback(sess: Session) -> None:
-        if sess.in_nested_transaction():
-            return
-        sa_event.remove(session, "after_commit", _after_commit)
-        sa_event.remove(session, "after_rollback", _after_rollback)
+def _after_commit(session: Session) -> None:
+    if session.in_nested_transaction():
+        return
+    for url in session.info.pop(_DELETE, []):
+        try:
+            fs, path = fsspec.core.url_to_fs(url)
+            fs.rm(path)
+        except FileNotFoundError:
+            pass
+        except Exception:  # the replica is unavailable already; a stray file is harmless
+            log.exception("could not remove released copy %s", url)
 
-    sa_event.listen(session, "after_commit", _after_commit)
-    sa_event.listen(session, "after_rollback", _after_rollback)
+
+def _after_rollback(session: Session) -> None:
+    if not session.in_nested_transaction():
+        session.info.pop(_DELETE, None)
 
 
 # ----------------------------------------------------------------- the tape worker
@@ -277,11 +281,12 @@ def _record(db: Database, outcomes: list[tuple[int, int, str]],
                         DataRequestFile.request_id == rid, DataRequestFile.file_id.in_(fids),
                         DataRequestFile.done == 0).values(done=done))
             sizes = dict(s.execute(select(File.id, File.size).where(File.id.in_(ok))).all())
+            errors = "; ".join(x for x in (req.error, *(f"file {f}: {e}" for f, e in items
+                                                         if e)) if x)[:4000]
             s.execute(update(DataRequest).where(DataRequest.id == rid).values(
                 files_done=DataRequest.files_done + len(ok),
                 bytes_done=DataRequest.bytes_done + sum(sizes.values()),
-                error=(req.error + "; ".join(f"file {f}: {e}" for f, e in items if e))[:4000],
-                updated_at=now))
+                error=errors, updated_at=now))
             left = dict(s.execute(select(DataRequestFile.done, func.count())
                                   .where(DataRequestFile.request_id == rid)
                                   .group_by(DataRequestFile.done)).all())
@@ -290,7 +295,7 @@ def _record(db: Database, outcomes: list[tuple[int, int, str]],
             if left.get(FAILED):
                 apply_request_outcome(s, source="local", dedup_key=f"local:{rid}:failed",
                                       outcome="failed", request_id=rid, now=now,
-                                      error=f"{left[FAILED]} recalls failed")
+                                      error=f"{left[FAILED]} recalls failed: {errors}")
             else:
                 apply_request_outcome(s, source="local", dedup_key=f"local:{rid}:done",
                                       outcome="done", request_id=rid, now=now)
