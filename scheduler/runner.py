@@ -4,7 +4,9 @@ committed catalog events wake the one that should react at once.
 A task registered wakes the refiner; jobs defined wake the broker; the daemons
 the DDM backend declares (the local DDM's transfer worker) run beside these and
 wake on the changes they name; a request ended wakes the
-activator with that request's id; a job or task ended wakes the finisher. A
+activator with that request's id; a job or task ended wakes the finisher; a
+replica becoming available, a request ending, a task going to staging or ending
+wakes the carousel. A
 wake-up while the daemon runs is remembered and served right after, so no event
 is lost; the periodic run stays the safety net and the DB the only record.
 Several instances may share a catalog: before each run a daemon renews its
@@ -27,7 +29,14 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from dawms import carousel
 from dawms.catalog import events, locks
 from dawms.catalog.db import Database
-from dawms.catalog.states import JOB_FINAL, Entity, JobState, RequestState, TaskState
+from dawms.catalog.states import (
+    JOB_FINAL,
+    TASK_FINAL,
+    Entity,
+    JobState,
+    RequestState,
+    TaskState,
+)
 from dawms.ddm_bridge.abc import DDM
 from dawms.ddm_bridge.events import apply_reports
 
@@ -35,9 +44,11 @@ from . import activator, broker, finisher, refiner, watcher
 from .config import SchedulerConfig
 
 log = logging.getLogger(__name__)
+# a file arrived, a recall ended, a task went to staging or ended (its copies may go)
 CAROUSEL_WAKES = {(Entity.REPLICA.value, "available"), (Entity.TASK.value, TaskState.STAGING.value),
                   *((Entity.REQUEST.value, st.value) for st in RequestState
-                    if st != RequestState.REQUESTED)}
+                    if st != RequestState.REQUESTED),
+                  *((Entity.TASK.value, st.value) for st in TASK_FINAL)}
 
 
 class _Daemon:
@@ -143,7 +154,7 @@ class Scheduler:
     def _on_event(self, ev: events.StateChanged) -> None:
         for name in self._backend_wakes.get((ev.entity, ev.to_state), ()):
             self.wake(name)
-        if (ev.entity, ev.to_state) in CAROUSEL_WAKES:  # a file arrived, a recall ended
+        if (ev.entity, ev.to_state) in CAROUSEL_WAKES:
             self.wake("carousel")
         if ev.entity == Entity.TASK and ev.to_state == TaskState.REGISTERED:
             self.wake("refiner")

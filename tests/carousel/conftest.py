@@ -6,21 +6,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from tape_helpers import tape_site_config
 
 from dawms.catalog.db import Database
 from dawms.catalog.site_config import sync, validate
 from dawms.ddm_bridge.local import LocalDDM
 from dawms.ddm_bridge.local.tape import SimClock, TapeConfig, TapeLibrary
-from factories import site_config
-
-
-def tape_site_config(root: Path, **tape: object) -> dict:
-    """SITE_A (disk, queue) plus T1: disk buffer T1_DISK, tape T1_TAPE, queue T1_PROD."""
-    cfg = site_config(root, ["SITE_A", "T1"])
-    cfg["endpoint"].append({"name": "T1_TAPE", "site": "T1", "kind": "tape",
-                            "url": f"file://{root / 'T1' / 'tape'}",
-                            "staging_buffer": "T1_DISK", **tape})
-    return cfg
 
 
 @pytest.fixture

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import func, select
+from tape_helpers import tape_site_config
 
 from dawms import carousel
 from dawms.carousel.config import CarouselConfig, TapeLimits
@@ -88,8 +89,6 @@ def test_tape_only_inputs_become_staging_requests_and_hold_their_jobs(
 
 def test_a_tape_with_no_buffer_breaks_the_task_and_writes_nothing(
         db: Database, tape_ddm: LocalDDM, tmp_path: Path) -> None:
-    from conftest import tape_site_config
-
     cfg = tape_site_config(tmp_path / "storage")
     del cfg["endpoint"][-1]["staging_buffer"]
     cfg["endpoint"] = [e for e in cfg["endpoint"] if e["name"] != "T1_DISK"]
