@@ -38,6 +38,7 @@ from dawms.ddm_bridge.local.staging import run_tape
 from dawms.ddm_bridge.local.tape import SimClock
 from dawms.scheduler import broker, finisher, refiner
 from dawms.scheduler.config import SchedulerConfig
+from dawms.scheduler.kill import kill_task
 from dawms.scheduler.task import submit
 from dawms.storage.paths import lfn2pfn
 from factories import make_dataset, report, write_outputs
@@ -293,8 +294,6 @@ def test_staged_copies_are_kept_while_the_task_runs_and_released_when_done(
 def test_requests_of_an_aborted_task_are_cancelled(
         db: Database, tape_ddm: LocalDDM, tape_sites: dict, clock: SimClock,
         tmp_path: Path) -> None:
-    from dawms.scheduler.kill import kill_task
-
     make_dataset(db, tape_ddm, "t:raw.T", "T1_TAPE", 4, tmp_path)
     with db.session() as s:
         task_id = submit(s, SPEC, tape_ddm).id
@@ -306,3 +305,33 @@ def test_requests_of_an_aborted_task_are_cancelled(
     assert states(db, StagingRequest) == {"cancelled": 1}
     assert tape_ddm.library.pending() <= 1  # a read in progress finishes; the rest are dropped
     assert states(db, Job) == {"cancelled": 2}
+
+
+def test_copies_another_task_still_reads_are_kept_when_the_first_task_ends(
+        db: Database, tape_ddm: LocalDDM, tape_sites: dict, clock: SimClock,
+        tmp_path: Path) -> None:
+    make_dataset(db, tape_ddm, "t:raw.T", "T1_TAPE", 4, tmp_path)
+    with db.session() as s:
+        first = submit(s, SPEC, tape_ddm).id
+    refiner.run_once(db, tape_ddm)
+    for _ in range(50):
+        cycle(db, tape_ddm, clock)
+        if states(db, StagingRequest) == {"done": 1}:
+            break
+        clock.set(max(clock.now() + 1, tape_ddm.library.next_event() or 0))
+    # a second task over the same data: it is on the buffer now, nothing to stage
+    with db.session() as s:
+        second = submit(s, {**SPEC, "name": "again"}, tape_ddm).id
+    refiner.run_once(db, tape_ddm)
+    with db.session() as s:
+        assert s.get(Task, second).state == "defined"
+        assert s.scalar(select(func.count()).select_from(StagingRequest)) == 1
+        kill_task(s, first, actor="user:x")  # the first task ends
+    rep = carousel.run_once(db, tape_ddm, T0 + timedelta(seconds=clock.now()))
+    assert rep.copies_released == 0  # the second task's jobs still need every file
+    with db.session() as s:
+        assert s.scalar(select(StagingRequest.released_at)) is None
+    with db.session() as s:  # the second one too: now the copies may go
+        kill_task(s, second, actor="user:x")
+    rep = carousel.run_once(db, tape_ddm, T0 + timedelta(seconds=clock.now()))
+    assert rep.copies_released == 4
