@@ -265,6 +265,12 @@ def test_staged_copies_are_kept_while_the_task_runs_and_released_when_done(
     paths = [Path(lfn2pfn(prefix, "t", f"raw.T._{i:06d}").removeprefix("file://"))
              for i in range(4)]
     assert all(p.exists() for p in paths)
+    # a release that is rolled back removes no bytes (they go only after commit)
+    with pytest.raises(RuntimeError), db.session() as s:
+        drs = list(s.scalars(select(DataRequest).where(DataRequest.kind == "stage")))
+        assert tape_ddm.release_staging(s, drs, set()) == 4
+        raise RuntimeError("roll back")
+    assert all(p.exists() for p in paths)
     now = T0 + timedelta(seconds=clock.now())
     # the jobs run on T1_PROD: the copies stay while they do
     with db.session() as s:
