@@ -75,7 +75,13 @@ class StorageEndpoint(Base):
     staging_max_bytes: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     staging_max_percent: Mapped[int | None] = mapped_column(Integer, nullable=True)
     staging_buffer: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    # the Rucio RSE this endpoint is, in Rucio mode; "" means the endpoint's own name
+    rse: Mapped[str] = mapped_column(String(128), default="")
     site: Mapped[Site] = relationship()
+
+    @property
+    def rse_name(self) -> str:
+        return self.rse or self.name
 
 
 class Queue(Base):
