@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import uuid
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import func, or_, select
@@ -30,7 +30,7 @@ from dawms.catalog.states import (
     StagingState,
 )
 from dawms.catalog.transition import transition_many
-from dawms.ddm_bridge.abc import DDM
+from dawms.ddm_bridge.abc import DDM, Ran
 
 from . import pins, progress
 from .config import CarouselConfig, TapeLimits
@@ -43,7 +43,9 @@ OPEN = [s.value for s in STAGING_OPEN]
 
 
 @dataclass
-class RunReport:
+class Tally:
+    """What one run did, part by part."""
+
     released: int = 0
     staged: int = 0
     retried: int = 0
@@ -55,11 +57,39 @@ class RunReport:
     copies_released: int = 0
 
 
+class RunReport(Ran):
+    """A run's ``Ran`` (the sum of its parts, never full) with the parts as attributes
+    (``rep.released``, ``rep.copies_released``...)."""
+
+    released: int
+    staged: int
+    retried: int
+    lost: int
+    requests_ended: int
+    jobs_released: int
+    jobs_closed: int
+    tasks_resumed: int
+    copies_released: int
+
+    def __new__(cls, tally: Tally) -> RunReport:  # type: ignore[misc]
+        parts = asdict(tally)
+        # never full: a run takes every open request and tape at once and releases up
+        # to the tapes' limits, so a run right after would find nothing more to do
+        self = super().__new__(cls, sum(parts.values()), full=False)
+        self.__dict__.update(parts)
+        return self
+
+    def __repr__(self) -> str:
+        parts = ", ".join(f"{k}={v}" for k, v in self.__dict__.items() if k != "full")
+        return f"RunReport({int(self)}, {parts})"
+
+
 def run_once(db: Database, ddm: DDM, now: datetime | None = None,
              cfg: CarouselConfig | None = None) -> RunReport:
+    """One carousel run; returns what it did (a ``Ran`` for the runner)."""
     now = now or datetime.now(UTC)
     cfg = cfg or CarouselConfig()
-    rep = RunReport()
+    rep = Tally()
     with db.session() as s:
         ended = list(s.scalars(
             select(StagingRequest.id).join(Task, Task.id == StagingRequest.task_id)
@@ -83,7 +113,7 @@ def run_once(db: Database, ddm: DDM, now: datetime | None = None,
         rep.tasks_resumed = progress.tasks_go_on(s, now)
         pins.keep_alive(s, ddm, now, cfg)
         rep.copies_released = pins.release_unneeded(s, ddm, now)
-    return rep
+    return RunReport(rep)
 
 
 def in_flight(session: Session, tape_id: int) -> tuple[int, int]:

@@ -9,7 +9,10 @@ copies go once nobody needs them (replica ``unavailable`` and the bytes removed
 after commit). The worker (``run_tape``, a daemon the backend declares) feeds
 open stage requests to the ``tape.TapeLibrary``, plays it forward on its clock,
 and copies each recalled file tape -> buffer for real, verifying size and
-adler32; a request ends when all its files did, ``failed`` if any recall failed.
+adler32. The worker ends no request itself: ``LocalDDM.poll`` reports a stage
+request done when every file is on the buffer, failed once every recall ended
+and some failed, and the worker applies at once what poll reports about the
+requests it just worked on (as the disk transfer worker does).
 """
 
 from __future__ import annotations
@@ -29,7 +32,8 @@ from dawms.catalog.db import Database
 from dawms.catalog.models import DataRequest, DataRequestFile, File, Replica, StorageEndpoint
 from dawms.catalog.states import Entity, ReplicaState, RequestState
 from dawms.catalog.transition import transition_many
-from dawms.ddm_bridge.events import apply_request_outcome
+from dawms.ddm_bridge.abc import Ran
+from dawms.ddm_bridge.events import apply_reports
 from dawms.storage.paths import lfn2pfn
 
 from .tape import TapeConfig, TapeLibrary
@@ -168,10 +172,13 @@ def _after_rollback(session: Session) -> None:
 
 
 # ----------------------------------------------------------------- the tape worker
-def run_tape(db: Database, ddm: Any, now: datetime | None = None) -> int:
-    """Feed open stage requests to the library, play it forward, land what it read.
+def run_tape(db: Database, ddm: Any, now: datetime | None = None) -> Ran:
+    """Feed open stage requests to the library, play it forward, land what it read,
+    then apply what ``poll`` reports about the requests it touched.
 
-    Returns how many recalls ended in this run."""
+    Returns how many recalls ended in this run, never full: it takes every open
+    recall at once and the library ends only what its clock has reached, so a run
+    right after would find nothing more to do."""
     lib: TapeLibrary = ddm.library
     sources = ddm.tape_sources
     with db.session() as s:
@@ -217,8 +224,12 @@ def run_tape(db: Database, ddm: Any, now: datetime | None = None) -> int:
     if ended:
         outcomes += _land(db, ended, sources)
     if outcomes:
-        _record(db, outcomes, now)
-    return len(ended)
+        touched = _record(db, outcomes, now)
+        done_at = now or datetime.now(UTC)
+        with db.session() as s:
+            apply_reports(s, ddm.poll(s, done_at, request_ids=touched), source="local",
+                          now=done_at)
+    return Ran(len(ended), full=False)
 
 
 def _land(db: Database, ended: list, sources: dict) -> list[tuple[int, int, str]]:
@@ -252,7 +263,9 @@ def _land(db: Database, ended: list, sources: dict) -> list[tuple[int, int, str]
 
 
 def _record(db: Database, outcomes: list[tuple[int, int, str]],
-            now: datetime | None) -> None:
+            now: datetime | None) -> list[int]:
+    """Record what the recalls did to replicas and request counters; returns the
+    requests touched (their end is for ``poll`` to report)."""
     now = now or datetime.now(UTC)
     with db.session() as s:
         by_req: dict[int, list[tuple[int, str]]] = defaultdict(list)
@@ -287,15 +300,4 @@ def _record(db: Database, outcomes: list[tuple[int, int, str]],
                 files_done=DataRequest.files_done + len(ok),
                 bytes_done=DataRequest.bytes_done + sum(sizes.values()),
                 error=errors, updated_at=now))
-            left = dict(s.execute(select(DataRequestFile.done, func.count())
-                                  .where(DataRequestFile.request_id == rid)
-                                  .group_by(DataRequestFile.done)).all())
-            if left.get(0):
-                continue
-            if left.get(FAILED):
-                apply_request_outcome(s, source="local", dedup_key=f"local:{rid}:failed",
-                                      outcome="failed", request_id=rid, now=now,
-                                      error=f"{left[FAILED]} recalls failed: {errors}")
-            else:
-                apply_request_outcome(s, source="local", dedup_key=f"local:{rid}:done",
-                                      outcome="done", request_id=rid, now=now)
+        return sorted(by_req)
