@@ -72,6 +72,11 @@ class StorageEndpoint(Base):
     kind: Mapped[str] = mapped_column(String(8), default="disk")  # disk | tape
     url_prefix: Mapped[str] = mapped_column(String(1024))
     quota_bytes: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    # tape only (the carousel's limits; None: PanDA's defaults, see carousel.config)
+    staging_max_files: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    staging_max_bytes: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    staging_max_percent: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    staging_buffer: Mapped[str | None] = mapped_column(String(128), nullable=True)
     # the Rucio RSE this endpoint is, in Rucio mode; "" means the endpoint's own name
     rse: Mapped[str] = mapped_column(String(128), default="")
     site: Mapped[Site] = relationship()
@@ -278,6 +283,54 @@ class JobFile(Base):
     size: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     adler32: Mapped[str | None] = mapped_column(String(8), nullable=True)
     job: Mapped[Job] = relationship(back_populates="files")
+
+
+# ---------------------------------------------------------------- carousel
+class StagingRequest(Base):
+    """The carousel's request: one task's dataset, from one tape endpoint to a disk buffer."""
+
+    __tablename__ = "staging_request"
+    __table_args__ = (Index("ix_staging_request_state", "state", "source_id"),
+                      Index("ix_staging_request_task", "task_id"))
+    id: Mapped[int] = mapped_column(primary_key=True)
+    task_id: Mapped[int] = mapped_column(ForeignKey("task.id"))
+    dataset: Mapped[str] = mapped_column(String(320))  # scope:name
+    source_id: Mapped[int] = mapped_column(ForeignKey("storage_endpoint.id"))  # the tape
+    destination_id: Mapped[int] = mapped_column(ForeignKey("storage_endpoint.id"))  # the buffer
+    state: Mapped[str] = mapped_column(String(16))
+    share: Mapped[str] = mapped_column(String(64), default="production")
+    priority: Mapped[int] = mapped_column(Integer, default=500)
+    files_total: Mapped[int] = mapped_column(Integer, default=0)
+    files_staged: Mapped[int] = mapped_column(Integer, default=0)
+    files_lost: Mapped[int] = mapped_column(Integer, default=0)
+    bytes_total: Mapped[int] = mapped_column(BigInteger, default=0)
+    bytes_staged: Mapped[int] = mapped_column(BigInteger, default=0)
+    pinned_until: Mapped[datetime | None] = mapped_column(nullable=True)
+    released_at: Mapped[datetime | None] = mapped_column(nullable=True)  # buffer let go
+    error: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class StagingFile(Base):
+    """One file of a staging request; ``data_request_id`` is the DDM request recalling it."""
+
+    __tablename__ = "staging_file"
+    __table_args__ = (UniqueConstraint("request_id", "file_id"),
+                      Index("ix_staging_file_state", "request_id", "state"))
+    id: Mapped[int] = mapped_column(primary_key=True)
+    request_id: Mapped[int] = mapped_column(ForeignKey("staging_request.id"))
+    file_id: Mapped[int] = mapped_column(ForeignKey("file.id"))
+    state: Mapped[str] = mapped_column(String(16))
+    size: Mapped[int] = mapped_column(BigInteger)
+    position: Mapped[int] = mapped_column(Integer, default=0)  # in its dataset
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_try_at: Mapped[datetime | None] = mapped_column(nullable=True)
+    data_request_id: Mapped[int | None] = mapped_column(ForeignKey("data_request.id"),
+                                                        nullable=True)
+    released_at: Mapped[datetime | None] = mapped_column(nullable=True)
+    error: Mapped[str] = mapped_column(Text, default="")
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
 # ---------------------------------------------------------------- logs

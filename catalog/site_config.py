@@ -15,6 +15,16 @@ when in ``config_change``. The file looks like::
     url = "file:///data/cern/disk"     # file:// root:// s3:// gs:// davs:// https://
     rse = "CERN-PROD_DATADISK"         # its Rucio RSE in Rucio mode (default: its name)
 
+    [[endpoint]]                       # a tape: the carousel stages from it
+    name = "CERN_TAPE"
+    site = "CERN"
+    kind = "tape"
+    url = "file:///data/cern/tape"
+    staging_buffer = "CERN_DISK"       # the disk it stages to (default: a disk of its site)
+    staging_max_files = 10000          # files queued + staging from this tape (PanDA: 10000)
+    staging_max_bytes = 50000000000000 # the same in bytes (default: no limit)
+    staging_max_percent = 50           # of that, the most that may be staging at once (50)
+
     [[queue]]
     name = "CERN_PROD"
     site = "CERN"
@@ -45,7 +55,10 @@ URL_SCHEMES = ("file", "root", "s3", "gs", "davs", "https", "http")
 
 _SITE_KEYS = {"name": str, "description": str}
 _ENDPOINT_KEYS = {"name": str, "site": str, "kind": str, "url": str, "quota_bytes": int,
-                  "rse": str}
+                  "rse": str, "staging_buffer": str, "staging_max_files": int,
+                  "staging_max_bytes": int, "staging_max_percent": int}
+_TAPE_ONLY = ("staging_buffer", "staging_max_files", "staging_max_bytes", "staging_max_percent")
+INT32_MAX, INT64_MAX = 2**31 - 1, 2**63 - 1
 # Rucio's RSE name grammar (rucio.common.schema: upper case, digits, _ and -)
 _RSE_NAME = re.compile(r"^[A-Z0-9_-]{1,64}$")
 _QUEUE_KEYS = {
@@ -56,7 +69,10 @@ _QUEUE_KEYS = {
 }
 
 _POSITIVE = {"cores", "memory_mb", "max_walltime_s", "max_disk_mb", "max_running", "max_queued",
-             "quota_bytes"}
+             "quota_bytes", "staging_max_files", "staging_max_bytes", "staging_max_percent"}
+# the widest value each integer key's column holds (BIGINT for bytes, INTEGER otherwise)
+_MAX_INT = {"quota_bytes": INT64_MAX, "staging_max_files": INT32_MAX,
+            "staging_max_bytes": INT64_MAX, "staging_max_percent": 100}
 
 
 class ConfigError(ValueError):
@@ -116,6 +132,8 @@ def validate(raw: dict[str, Any], where: str = "config") -> dict[str, list[dict[
                     errors.append(f"{label}: {key} must be {keys[key].__name__}")
                 elif key in _POSITIVE and value <= 0:
                     errors.append(f"{label}: {key} must be positive")
+                elif key in _MAX_INT and value > _MAX_INT[key]:
+                    errors.append(f"{label}: {key} must be at most {_MAX_INT[key]}")
         out[kind] = items
     sites = {s.get("name") for s in out["site"]}
     endpoints = {e.get("name") for e in out["endpoint"]}
@@ -125,6 +143,12 @@ def validate(raw: dict[str, Any], where: str = "config") -> dict[str, list[dict[
             errors.append(f"endpoint {e.get('name')}: unknown site {e.get('site')!r}")
         if e.get("kind", "disk") not in ENDPOINT_KINDS:
             errors.append(f"endpoint {e.get('name')}: kind must be one of {ENDPOINT_KINDS}")
+        if e.get("kind", "disk") != "tape" and (given := [k for k in _TAPE_ONLY if k in e]):
+            errors.append(f"endpoint {e.get('name')}: {given} apply to tape endpoints only")
+        buffer = e.get("staging_buffer")
+        if buffer is not None and kinds.get(buffer) != "disk":
+            errors.append(f"endpoint {e.get('name')}: staging_buffer {buffer!r} must be a disk "
+                          "endpoint of this file")
         if "rse" in e and not _RSE_NAME.match(str(e["rse"])):
             errors.append(f"endpoint {e.get('name')}: rse must be an RSE name (A-Z, 0-9, _, -; "
                           "at most 64)")
@@ -158,7 +182,7 @@ def _site_row(s: dict[str, Any]) -> dict[str, Any]:
 def _endpoint_row(e: dict[str, Any], site_ids: dict[str, int]) -> dict[str, Any]:
     return {"site_id": site_ids[e["site"]], "kind": e.get("kind", "disk"),
             "url_prefix": e["url"].rstrip("/"), "quota_bytes": e.get("quota_bytes"),
-            "rse": e.get("rse", "")}
+            "rse": e.get("rse", ""), **{k: e.get(k) for k in _TAPE_ONLY}}
 
 
 def _queue_row(q: dict[str, Any], site_ids: dict[str, int]) -> dict[str, Any]:

@@ -65,6 +65,26 @@ class ReplicaState(StrEnum):
     BAD = "bad"
 
 
+class StagingState(StrEnum):
+    """A staging request of the carousel: one dataset's files from one tape to a disk buffer."""
+
+    QUEUED = "queued"  # waiting in the carousel; nothing of it asked of the tape yet
+    STAGING = "staging"  # some of its files released to the tape system
+    DONE = "done"  # every file is on the disk buffer
+    FAILED = "failed"  # every file ended, some were lost on tape
+    CANCELLED = "cancelled"  # withdrawn (by a user, or its task ended)
+
+
+class StagingFileState(StrEnum):
+    """One file of a staging request, as the carousel releases it in bunches."""
+
+    QUEUED = "queued"  # not released yet (or waiting out a retry backoff)
+    STAGING = "staging"  # released: asked of the tape system, not yet on the buffer
+    STAGED = "staged"  # on the disk buffer
+    LOST = "lost"  # recalls failed too often; given up
+    CANCELLED = "cancelled"  # its request was withdrawn
+
+
 class QueueStatus(StrEnum):
     """What an operator sets on a queue in the sites file (CRIC's queue status)."""
 
@@ -85,6 +105,8 @@ class Entity(StrEnum):
     TASK = "task"
     REQUEST = "data_request"
     REPLICA = "replica"
+    STAGING = "staging_request"
+    STAGING_FILE = "staging_file"
 
 
 J = JobState
@@ -140,15 +162,37 @@ REPLICA_TRANSITIONS: dict[ReplicaState, frozenset[ReplicaState]] = {
     P.BAD: frozenset({P.COPYING}),  # a new transfer may repair a bad copy
 }
 
+G = StagingState
+STAGING_TRANSITIONS: dict[StagingState, frozenset[StagingState]] = {
+    G.QUEUED: frozenset({G.STAGING, G.DONE, G.FAILED, G.CANCELLED}),
+    G.STAGING: frozenset({G.DONE, G.FAILED, G.CANCELLED}),
+    G.DONE: frozenset(),
+    G.FAILED: frozenset(),
+    G.CANCELLED: frozenset(),
+}
+
+F = StagingFileState
+STAGING_FILE_TRANSITIONS: dict[StagingFileState, frozenset[StagingFileState]] = {
+    F.QUEUED: frozenset({F.STAGING, F.STAGED, F.CANCELLED}),
+    F.STAGING: frozenset({F.STAGED, F.QUEUED, F.LOST, F.CANCELLED}),  # -> queued: a retry
+    F.STAGED: frozenset(),
+    F.LOST: frozenset(),
+    F.CANCELLED: frozenset(),
+}
+
 MACHINES: dict[Entity, tuple[type[StrEnum], dict]] = {
     Entity.JOB: (JobState, JOB_TRANSITIONS),
     Entity.TASK: (TaskState, TASK_TRANSITIONS),
     Entity.REQUEST: (RequestState, REQUEST_TRANSITIONS),
     Entity.REPLICA: (ReplicaState, REPLICA_TRANSITIONS),
+    Entity.STAGING: (StagingState, STAGING_TRANSITIONS),
+    Entity.STAGING_FILE: (StagingFileState, STAGING_FILE_TRANSITIONS),
 }
 
 JOB_FINAL = frozenset(s for s, nxt in JOB_TRANSITIONS.items() if not nxt)
 TASK_FINAL = frozenset(s for s, nxt in TASK_TRANSITIONS.items() if not nxt)
+STAGING_FINAL = frozenset(s for s, nxt in STAGING_TRANSITIONS.items() if not nxt)
+STAGING_OPEN = frozenset({G.QUEUED, G.STAGING})
 # Jobs a broker may still move: nothing of them runs anywhere yet.
 JOB_QUEUED = frozenset({J.DEFINED, J.WAITING, J.THROTTLED, J.ASSIGNED, J.ACTIVATED})
 # Jobs a pilot holds: they must heartbeat.

@@ -19,7 +19,7 @@ from sqlalchemy import bindparam, insert, literal_column, select, update
 from sqlalchemy.orm import Session
 
 from . import events
-from .models import DataRequest, Job, Replica, StateHistory, Task
+from .models import DataRequest, Job, Replica, StagingFile, StagingRequest, StateHistory, Task
 from .states import JOB_FINAL, Entity, JobState, allowed
 
 MODELS: dict[Entity, Any] = {
@@ -27,6 +27,8 @@ MODELS: dict[Entity, Any] = {
     Entity.TASK: Task,
     Entity.REQUEST: DataRequest,
     Entity.REPLICA: Replica,
+    Entity.STAGING: StagingRequest,
+    Entity.STAGING_FILE: StagingFile,
 }
 _CHUNK = 500
 

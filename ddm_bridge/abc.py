@@ -153,3 +153,33 @@ class DDM(ABC):
     def daemons(self) -> list[DaemonSpec]:
         """The daemons this backend needs; the runner starts exactly these."""
         return []
+
+    # ------------------------------------------------------------- tape (the carousel)
+    # A backend that can recall from tape overrides these; the carousel calls nothing
+    # else. Rucio: a rule of the files to the disk buffer with the tape as source and
+    # activity ``Staging``, its lifetime the pin, deleting it the release.
+    def request_staging(self, session: Session, files: list[File], source: StorageEndpoint,
+                        destination: StorageEndpoint, *, name: str,
+                        lifetime_s: int) -> DataRequest:
+        """Recall ``files`` from tape ``source`` onto disk ``destination``, kept there for
+        ``lifetime_s`` unless extended (one bunch of the carousel). A ``stage`` request
+        that ends through ``poll()`` reports like any other."""
+        raise DDMError(f"the {self.name} DDM cannot stage from tape")
+
+    def tape_locality(self, session: Session, source: StorageEndpoint,
+                      file_ids: list[int]) -> dict[int, tuple[str, int]]:
+        """``file id -> (cartridge, position)`` on tape ``source`` where the backend knows
+        it, so the carousel can ask for the files of one cartridge together; files left
+        out are released in dataset order."""
+        return {}
+
+    def extend_staging(self, session: Session, requests: list[DataRequest],  # noqa: B027
+                       lifetime_s: int) -> None:
+        """Keep what ``requests`` staged for ``lifetime_s`` more (Rucio: the rules'
+        lifetime). Backends whose copies stay until released need do nothing."""
+
+    def release_staging(self, session: Session, requests: list[DataRequest],
+                        keep: set[int]) -> int:
+        """Let go of what ``requests`` staged, except the files of ``keep`` (still needed);
+        returns how many copies were released."""
+        raise DDMError(f"the {self.name} DDM cannot stage from tape")

@@ -3,6 +3,9 @@
 Resolves each input dataset through the DDM, splits the files by the task's rule
 and creates the jobs in ``defined``; the task becomes ``defined``. A task whose
 inputs cannot be resolved becomes ``broken`` with the reason, and loses nothing.
+Inputs that live only on tape become the carousel's staging requests
+(``carousel.plan``): the jobs that need them are held (``throttled``) until their
+own files are on disk, and the task goes to ``staging``.
 """
 
 from __future__ import annotations
@@ -12,9 +15,10 @@ from datetime import UTC, datetime
 
 from sqlalchemy import select
 
+from dawms.carousel.plan import StagingError, plan_staging
 from dawms.catalog.db import Database
 from dawms.catalog.models import File, Task
-from dawms.catalog.states import Entity, TaskState
+from dawms.catalog.states import Entity, JobState, TaskState
 from dawms.catalog.transition import transition, transition_many
 from dawms.ddm_bridge.abc import DDM, DDMError, Ran
 
@@ -67,15 +71,32 @@ def _refine(db: Database, ddm: DDM, task_id: int, now: datetime) -> int:
                        expected=TaskState.REGISTERED, actor=ACTOR, reason=reason,
                        values={"error": reason}, now=now)
             return 0
+        try:
+            staged = plan_staging(s, task, files, now)
+        except StagingError as exc:
+            transition(s, Entity.TASK, task.id, TaskState.BROKEN,
+                       expected=TaskState.REGISTERED, actor=ACTOR, reason=str(exc),
+                       values={"error": str(exc)}, now=now)
+            return 0
         chunks = split_files([_Sized(f, did) for f, did in files], task.split)
         pieces = [Piece(i + 1, 1, [(c.file, c.did) for c in chunk])
                   for i, chunk in enumerate(chunks)]
-        created = len(create_jobs(s, task, pieces, now=now, actor=ACTOR,
-                                  reason=f"split by {task.split}"))
+        job_ids = create_jobs(s, task, pieces, now=now, actor=ACTOR,
+                              reason=f"split by {task.split}")
         transition(s, Entity.TASK, task.id, TaskState.DEFINED,
                    expected=TaskState.REGISTERED, actor=ACTOR,
                    reason=f"{len(chunks)} jobs from {len(files)} files", now=now)
-    return created
+        if staged:
+            held = [j for j, p in zip(job_ids, pieces, strict=True)
+                    if any(f.id in staged for f, _ in p.inputs)]
+            transition_many(s, Entity.JOB, held, JobState.THROTTLED, expected=JobState.DEFINED,
+                            actor=ACTOR, reason="inputs only on tape: waiting for the carousel",
+                            now=now)
+            transition(s, Entity.TASK, task.id, TaskState.STAGING, expected=TaskState.DEFINED,
+                       actor=ACTOR, now=now,
+                       reason=f"{len(staged)} input files only on tape, in "
+                              f"{len(set(staged.values()))} staging requests")
+    return len(job_ids)
 
 
 class _Sized:

@@ -4,7 +4,9 @@ committed catalog events wake the one that should react at once.
 A task registered wakes the refiner; jobs defined wake the broker; the daemons
 the DDM backend declares (the local DDM's transfer worker) run beside these and
 wake on the changes they name; a request ended wakes the
-activator with that request's id; a job or task ended wakes the finisher. A
+activator with that request's id; a job or task ended wakes the finisher; a
+replica becoming available, a request ending, a task going to staging or ending
+wakes the carousel. A
 wake-up while the daemon runs is remembered and served right after, so no event
 is lost; the periodic run stays the safety net and the DB the only record.
 
@@ -30,9 +32,17 @@ from datetime import UTC, datetime, timedelta
 from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.schedulers.background import BackgroundScheduler
 
+from dawms import carousel
 from dawms.catalog import events, locks
 from dawms.catalog.db import Database
-from dawms.catalog.states import JOB_FINAL, Entity, JobState, RequestState, TaskState
+from dawms.catalog.states import (
+    JOB_FINAL,
+    TASK_FINAL,
+    Entity,
+    JobState,
+    RequestState,
+    TaskState,
+)
 from dawms.ddm_bridge.abc import DDM, Ran
 from dawms.ddm_bridge.events import apply_reports
 
@@ -40,6 +50,11 @@ from . import activator, broker, finisher, refiner, watcher
 from .config import SchedulerConfig
 
 log = logging.getLogger(__name__)
+# a file arrived, a recall ended, a task went to staging or ended (its copies may go)
+CAROUSEL_WAKES = {(Entity.REPLICA.value, "available"), (Entity.TASK.value, TaskState.STAGING.value),
+                  *((Entity.REQUEST.value, st.value) for st in RequestState
+                    if st != RequestState.REQUESTED),
+                  *((Entity.TASK.value, st.value) for st in TASK_FINAL)}
 
 
 class _Daemon:
@@ -105,6 +120,8 @@ class Scheduler:
             "watcher": (lambda: watcher.run_once(db, cfg), cfg.interval_s),
             "finisher": (lambda: finisher.run_once(db), cfg.interval_s),
             "ddm_poller": (self._poll, cfg.interval_s),
+            "carousel": (lambda ccfg=carousel.CarouselConfig.from_env():
+                         carousel.run_once(db, ddm, cfg=ccfg), cfg.interval_s),
         }
         self._backend_wakes: dict[tuple[str, str], list[str]] = {}
         self._backend_daemons = [spec.name for spec in ddm.daemons()]
@@ -142,9 +159,10 @@ class Scheduler:
 
     def run_all_once(self) -> None:
         """Every daemon once (each until it is not full), in flow order, the backend's
-        daemons after the broker (for tests and `dawms scheduler --once`)."""
-        for name in ("refiner", "broker", *self._backend_daemons, "ddm_poller", "activator",
-                     "watcher", "finisher"):
+        daemons after the broker and the carousel after the poller (for tests and
+        `dawms scheduler --once`)."""
+        for name in ("refiner", "broker", *self._backend_daemons, "ddm_poller", "carousel",
+                     "activator", "watcher", "finisher"):
             self.daemons[name][0]()
 
     def wake(self, name: str) -> None:
@@ -154,6 +172,8 @@ class Scheduler:
     def _on_event(self, ev: events.StateChanged) -> None:
         for name in self._backend_wakes.get((ev.entity, ev.to_state), ()):
             self.wake(name)
+        if (ev.entity, ev.to_state) in CAROUSEL_WAKES:
+            self.wake("carousel")
         if ev.entity == Entity.TASK and ev.to_state == TaskState.REGISTERED:
             self.wake("refiner")
         elif ev.entity == Entity.JOB and ev.to_state == JobState.DEFINED:

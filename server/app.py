@@ -20,7 +20,7 @@ from dawms.scheduler.config import SchedulerConfig
 from dawms.scheduler.runner import Scheduler
 
 from . import ddm as ddm_routes
-from . import envelope, pilot, user
+from . import envelope, pilot, staging, user
 
 
 def create_app(db: Database, ddm: DDM, cfg: SchedulerConfig | None = None, *,
@@ -48,6 +48,7 @@ def create_app(db: Database, ddm: DDM, cfg: SchedulerConfig | None = None, *,
     app.include_router(pilot.router)
     app.include_router(user.router)
     app.include_router(ddm_routes.router)
+    app.include_router(staging.router)
 
     @app.get("/api/v1/ping", tags=["monitor"])
     def ping() -> dict[str, Any]:

@@ -87,6 +87,23 @@ class Client:
     def reassign_task(self, task_id: int, queue: str | None = None) -> dict[str, str]:
         return self._call("POST", "/task/reassign", json={"task_id": task_id, "queue": queue})
 
+    def staging(self, task_id: int | None = None, state: str | None = None,
+                limit: int = 100) -> list[dict[str, Any]]:
+        params: dict[str, Any] = {"limit": limit}
+        if task_id is not None:
+            params["task_id"] = task_id
+        if state:
+            params["state"] = state
+        return self._call("GET", "/staging/list", params=params)
+
+    def cancel_staging(self, request_ids: list[int], reason: str = "") -> dict[str, str]:
+        return self._call("POST", "/staging/cancel",
+                          json={"request_ids": request_ids, "reason": reason})
+
+    def staging_priority(self, request_ids: list[int], priority: int) -> dict[str, str]:
+        return self._call("POST", "/staging/priority",
+                          json={"request_ids": request_ids, "priority": priority})
+
     def summary(self, task_id: int | None = None) -> dict[str, Any]:
         return self._call("GET", "/summary",
                           params={"task_id": task_id} if task_id is not None else {})

@@ -27,11 +27,20 @@ from dawms.catalog.models import (
     Queue,
     Replica,
     Site,
+    StagingFile,
+    StagingRequest,
     StateHistory,
     StorageEndpoint,
     Task,
 )
-from dawms.catalog.states import JOB_FINAL, MACHINES, TASK_FINAL, Entity, is_final
+from dawms.catalog.states import (
+    JOB_FINAL,
+    MACHINES,
+    STAGING_FINAL,
+    TASK_FINAL,
+    Entity,
+    is_final,
+)
 from dawms.catalog.transition import (
     MODELS,
     IllegalTransition,
@@ -71,6 +80,18 @@ def new_row(s: Session, entity: Entity, state: str, w: World | None, **kw: objec
         row = Job(task_id=w.task_id, job_index=n, state=state, **kw)
     elif entity is Entity.REQUEST:
         row = DataRequest(name=f"r{n}", endpoint_id=w.endpoint.id, state=state, **kw)
+    elif entity in (Entity.STAGING, Entity.STAGING_FILE):
+        req = StagingRequest(task_id=w.task_id, dataset="t:x", source_id=w.endpoint.id,
+                             destination_id=w.endpoint.id,
+                             state=state if entity is Entity.STAGING else "staging", **kw)
+        s.add(req)
+        s.flush()
+        if entity is Entity.STAGING:
+            return req.id
+        f = File(scope="t", name=f"f{n}", size=1, adler32="00020002", guid=f"g{n}")
+        s.add(f)
+        s.flush()
+        row = StagingFile(request_id=req.id, file_id=f.id, state=state, size=1)
     else:
         f = File(scope="t", name=f"f{n}", size=1, adler32="00020002", guid=f"g{n}")
         s.add(f)
@@ -165,8 +186,10 @@ def test_pairs_in_the_table_are_applied_with_one_history_row(
         sorted((i, src, dst) for (src, dst), i in rows.items())
 
 
-@pytest.mark.parametrize("entity", [Entity.JOB, Entity.TASK, Entity.REQUEST],
-                         ids=["job", "task", "data_request"])  # a bad replica may be repaired
+@pytest.mark.parametrize("entity", [Entity.JOB, Entity.TASK, Entity.REQUEST, Entity.STAGING,
+                                    Entity.STAGING_FILE],
+                         ids=["job", "task", "data_request", "staging_request",
+                              "staging_file"])  # a bad replica may be repaired
 def test_final_states_never_change(db: Database, world: World, entity: Entity) -> None:
     enum, table = MACHINES[entity]
     finals = [st for st in enum if is_final(entity, st)]
@@ -188,6 +211,7 @@ def test_final_states_never_change(db: Database, world: World, entity: Entity) -
 
 def test_final_sets_are_the_designed_ones() -> None:
     assert {s.value for s in JOB_FINAL} == {"finished", "failed", "closed", "cancelled"}
+    assert {s.value for s in STAGING_FINAL} == {"done", "failed", "cancelled"}
     assert {s.value for s in TASK_FINAL} == {"done", "finished", "failed", "broken", "aborted"}
 
 

@@ -22,7 +22,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import fsspec
-from sqlalchemy import func, insert, select
+from sqlalchemy import case, func, insert, select
 from sqlalchemy.orm import Session
 
 from dawms.catalog.models import (
@@ -49,8 +49,10 @@ from dawms.ddm_bridge.abc import (
 from dawms.storage.checksum import copy_stream, url_checksum
 from dawms.storage.paths import PathEscape, lfn2pfn
 
+from .staging import TapeStaging
 
-class LocalDDM(DDM):
+
+class LocalDDM(TapeStaging, DDM):
     name = "local"
 
     def __init__(self, transfer_interval_s: float = 2.0) -> None:
@@ -220,35 +222,43 @@ class LocalDDM(DDM):
     def poll(self, session: Session, now: datetime, *,
              request_ids: list[int] | None = None) -> list[RequestReport]:
         """Report open requests that ended: every file available at the destination
-        (done), or given up by the transfer worker, which wrote why (failed). Only
-        those in ``request_ids`` when given (the worker's fast path)."""
-        # one query: each open request, how many of its files are still missing, and
-        # the worker's reason if it gave the request up
+        (done), or given up by the transfer worker, which wrote why (failed); a tape
+        recall (``stage``) fails only once every one of its recalls ended, as the tape
+        worker records errors file by file. Only those in ``request_ids`` when given
+        (the workers' fast path)."""
+        # one query: each open request, how many of its files are still missing, how
+        # many the tape worker has not ended, and the worker's reason for giving up
         missing = func.count(DataRequestFile.file_id) - func.count(Replica.id)
-        query = (select(DataRequest.id, missing, DataRequest.error)
+        unended = func.sum(case((DataRequestFile.done == 0, 1), else_=0))
+        query = (select(DataRequest.id, missing, DataRequest.error, DataRequest.kind, unended)
                  .join(DataRequestFile, DataRequestFile.request_id == DataRequest.id)
                  .outerjoin(Replica, (Replica.file_id == DataRequestFile.file_id)
                             & (Replica.endpoint_id == DataRequest.endpoint_id)
                             & (Replica.state == ReplicaState.AVAILABLE))
                  .where(DataRequest.ddm == self.name,
                         DataRequest.state == RequestState.REQUESTED)
-                 .group_by(DataRequest.id, DataRequest.error).order_by(DataRequest.id))
+                 .group_by(DataRequest.id, DataRequest.error, DataRequest.kind)
+                 .order_by(DataRequest.id))
         if request_ids is not None:
             query = query.where(DataRequest.id.in_(request_ids))
         reports = []
-        for rid, n_missing, error in session.execute(query):
+        for rid, n_missing, error, kind, n_unended in session.execute(query):
             if n_missing == 0:
                 reports.append(RequestReport(Outcome.DONE, dedup_key=f"local:{rid}:done",
                                              request_id=rid))
-            elif error:
+            elif error and (kind != "stage" or not n_unended):
                 reports.append(RequestReport(Outcome.FAILED, dedup_key=f"local:{rid}:failed",
                                              request_id=rid, error=error))
         return reports
 
     def daemons(self) -> list[DaemonSpec]:
+        from .staging import run_tape
         from .transfer import run_once
 
         return [DaemonSpec("transfer", run_once, interval_s=self.transfer_interval_s,
+                           wake_on=((Entity.REQUEST.value, RequestState.REQUESTED.value),)),
+                DaemonSpec("tape", lambda db: run_tape(db, self),
+                           interval_s=min(self.transfer_interval_s, 1.0),
                            wake_on=((Entity.REQUEST.value, RequestState.REQUESTED.value),))]
 
     # ------------------------------------------------------------- outputs

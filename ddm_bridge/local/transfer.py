@@ -119,6 +119,7 @@ def carry_out(db: Database, now: datetime | None = None, *, max_requests: int = 
     with db.session() as s:
         ids = list(s.scalars(select(DataRequest.id).where(
             DataRequest.ddm == "local", DataRequest.state == RequestState.REQUESTED,
+            DataRequest.kind != "stage",  # tape recalls are the tape worker's (staging.py)
             # carried out (every file done) or given up: it waits for its report
             DataRequest.files_done < DataRequest.files_total, DataRequest.error == "",
             or_(DataRequest.acquired_until.is_(None), DataRequest.acquired_until < now))

@@ -25,7 +25,7 @@ from dawms.ddm_bridge.local import LocalDDM
 
 def make_local(request: pytest.FixtureRequest, db: Database) -> Backend:
     ddm = LocalDDM()
-    return Backend(ddm, LocalWorld(ddm), db, frozenset({"transfer"}))
+    return Backend(ddm, LocalWorld(ddm), db, frozenset({"transfer", "tape"}))
 
 
 @dataclass(frozen=True)
