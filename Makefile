@@ -37,7 +37,7 @@ test: venv services lint
 	. .services/env && DAWMS_NO_SKIP=1 $(BIN)/pytest -q -p no:cacheprovider -rfEs
 
 # Every benchmark: `python -m bench.NAME --json`, its JSON result the last line of stdout.
-BENCHES := claim_rate transfer_rate activation
+BENCHES := claim_rate transfer_rate activation movers carousel
 bench: venv services
 	. .services/env && for b in $(BENCHES); do $(BIN)/python -m bench.$$b --json || exit 1; done
 
