@@ -44,6 +44,7 @@ from dawms.ddm_bridge.abc import (
     Outcome,
     RegistrationError,
     RequestReport,
+    Subscription,
     UnknownDataset,
 )
 from dawms.storage.checksum import copy_stream, file_adler32
@@ -276,6 +277,23 @@ class RucioDDM(DDM):
         return RequestReport(Outcome.FAILED, failed_key(str(req.external_id)),
                              external_id=req.external_id,
                              error=f"{error} (after {attempts} tries)")
+
+    def subscribe(self, session: Session, sub: Subscription) -> str:
+        """A Rucio subscription (``subscription.py``); recorded once as a data event."""
+        from dawms.ddm_bridge.events import record
+
+        from . import subscription
+
+        sub_id = subscription.add(self.gate, sub)
+        record(session, source="submit", dedup_key=f"rucio:subscription:{sub_id}",
+               kind="subscription", payload={
+                   "name": sub.name, "scope": sub.scope, "pattern": sub.pattern,
+                   "rses": [ep.rse_name for ep in sub.endpoints], "activity": sub.activity,
+                   "lifetime_s": sub.lifetime_s, "comment": sub.comment},
+               now=datetime.now(UTC))
+        log.info("subscription %s (%s): %s:%s to %s", sub.name, sub_id, sub.scope,
+                 sub.pattern, ",".join(ep.rse_name for ep in sub.endpoints))
+        return sub_id
 
     def daemons(self) -> list[DaemonSpec]:
         from . import housekeeping
