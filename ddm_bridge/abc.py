@@ -74,6 +74,21 @@ class RequestReport:
     error: str = ""
 
 
+@dataclass(frozen=True)
+class Subscription:
+    """A standing order (a task's ``[subscription]``): new datasets of ``scope`` whose
+    names match ``pattern`` (``*`` wildcards) get a copy on each of ``endpoints``,
+    through rules of ``activity`` that live ``lifetime_s`` (None: for ever)."""
+
+    name: str
+    scope: str
+    pattern: str
+    endpoints: tuple[StorageEndpoint, ...]
+    activity: str = "Production Input"
+    lifetime_s: int | None = None
+    comment: str = ""
+
+
 class Ran(int):
     """What one ``run_once`` of a daemon did: the count it reports (jobs brokered,
     files copied...) and ``full``, true when it took a whole bunch and moved some of
@@ -149,6 +164,12 @@ class DDM(ABC):
         open (it may read whole files): output registration compares the pilot's report
         with it and refuses a mismatch. The default can tell nothing."""
         return {}
+
+    def subscribe(self, session: Session, sub: Subscription) -> str:
+        """Create the standing order ``sub`` in the DDM; returns the DDM's id for it.
+        A backend without subscriptions refuses (``DDMError``) and changes nothing."""
+        raise DDMError(f"the {self.name} DDM has no subscriptions: a task's [subscription] "
+                       "needs the Rucio DDM (DAWMS_DDM=rucio)")
 
     def daemons(self) -> list[DaemonSpec]:
         """The daemons this backend needs; the runner starts exactly these."""

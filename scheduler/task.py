@@ -17,6 +17,15 @@ A spec is a dict (from TOML, JSON or the Python client)::
     disk_mb = 1000
     [retry]
     max_attempts = 3
+    [subscription]                                # optional; Rucio DDM only
+    datasets = "demo:raw.run*"                    # scope:pattern of new datasets
+    rses = ["SITE_B_DISK"]                        # endpoints that get a copy each
+    lifetime_s = 604800                           # of those rules (default: none)
+    activity = "Production Input"                 # of those rules
+
+A ``[subscription]`` becomes a DDM subscription at submit (``DDM.subscribe``):
+new datasets matching the pattern flow to the endpoints by themselves. A DDM
+without subscriptions (the local one) refuses the task.
 
 Every problem is reported at once (``TaskSpecError``) and nothing is stored; an
 input dataset the DDM does not know is such a problem. Dataset names follow the
@@ -30,22 +39,24 @@ from __future__ import annotations
 
 import math
 import re
+import uuid
 from datetime import UTC, datetime
 from typing import Any
 
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from dawms.catalog.models import Task
+from dawms.catalog.models import StorageEndpoint, Task
 from dawms.catalog.names import MAX_NAME, split_did
 from dawms.catalog.states import Entity, TaskState
 from dawms.catalog.transition import record_created
-from dawms.ddm_bridge.abc import DDM, UnknownDataset
+from dawms.ddm_bridge.abc import DDM, DDMError, Subscription, UnknownDataset
 from dawms.wire.command import TemplateError, split_template
 
 from .naming import log_lfn, output_lfn
 
 _TOP = {"name", "owner", "transformation", "input_datasets", "output_dataset", "log_dataset",
-        "split", "resources", "retry", "priority", "share"}
+        "split", "resources", "retry", "priority", "share", "subscription"}
 _SPLIT = {"files_per_job": int, "gb_per_job": (int, float)}
 _RESOURCES = {"cores": 1, "memory_mb": 2000, "walltime_s": 3600, "disk_mb": 1000}
 # the catalog's column sizes (catalog/models.py): longer values cannot be stored
@@ -59,6 +70,12 @@ MAX_ATTEMPTS = 100
 _LFN_SUFFIX = {"output_dataset": len(output_lfn("s:nn", 0, MAX_ATTEMPTS)) - 2,
                "log_dataset": len(log_lfn("s:nn", 0, MAX_ATTEMPTS)) - 2}
 _TASK_ID = "9" * len(str(INT32_MAX))  # the widest id {task_id} can become (task.id is INTEGER)
+_SUB_KEYS = {"datasets", "rses", "lifetime_s", "activity"}
+_SCOPE_RE = re.compile(r"[A-Za-z0-9._-]{1,25}")  # Rucio's scope grammar and length
+_PATTERN_RE = re.compile(r"[A-Za-z0-9._*-]{1,250}")
+_ACTIVITY_RE = re.compile(r"[A-Za-z0-9 _-]{1,50}")
+MAX_SUB_RSES = 10
+MAX_LIFETIME_S = 10 * 365 * 86400
 
 
 class TaskSpecError(ValueError):
@@ -91,6 +108,37 @@ def _check_did(did: str, what: str, errors: list[str]) -> None:
     if what in _LFN_SUFFIX and len(name) + _LFN_SUFFIX[what] > MAX_LFN:
         errors.append(f"{what}: name is {len(name)} characters; at most "
                       f"{MAX_LFN - _LFN_SUFFIX[what]} so its file names fit in {MAX_LFN}")
+
+
+def _check_subscription(sub: Any, errors: list[str]) -> dict[str, Any] | None:
+    """The ``[subscription]`` table, normalized, or None (its problems in ``errors``)."""
+    if not isinstance(sub, dict):
+        errors.append("subscription must be a table {datasets = 'scope:pattern', rses = [...]}")
+        return None
+    bad = len(errors)
+    if unknown := set(sub) - _SUB_KEYS:
+        errors.append(f"subscription: unknown keys {sorted(unknown)}; known {sorted(_SUB_KEYS)}")
+    scope, _, pattern = str(sub.get("datasets", "")).partition(":")
+    if not isinstance(sub.get("datasets"), str) or not _SCOPE_RE.fullmatch(scope) \
+            or not _PATTERN_RE.fullmatch(pattern):
+        errors.append("subscription.datasets must be 'scope:pattern' (scope: up to 25 of "
+                      "A-Z a-z 0-9 . _ -; pattern: up to 250 of those and *)")
+    rses = sub.get("rses")
+    if not isinstance(rses, list) or not 1 <= len(rses) <= MAX_SUB_RSES \
+            or not all(isinstance(r, str) and 0 < len(r) <= 64 for r in rses) \
+            or len(set(rses)) != len(rses):
+        errors.append(f"subscription.rses must be a list of 1 to {MAX_SUB_RSES} distinct "
+                      "endpoint names")
+    lifetime = sub.get("lifetime_s")
+    if lifetime is not None:
+        _check_int(lifetime, "subscription.lifetime_s", 1, MAX_LIFETIME_S, errors)
+    activity = sub.get("activity", "Production Input")
+    if not isinstance(activity, str) or not _ACTIVITY_RE.fullmatch(activity):
+        errors.append("subscription.activity must be up to 50 of A-Z a-z 0-9 space _ -")
+    if len(errors) > bad:
+        return None
+    return {"scope": scope, "pattern": pattern, "rses": list(rses), "lifetime_s": lifetime,
+            "activity": activity}
 
 
 def _check_int(value: Any, what: str, lo: int, hi: int, errors: list[str]) -> bool:
@@ -181,6 +229,14 @@ def validate(spec: dict[str, Any], ddm: DDM | None = None,
     _check_int(retry["max_attempts"], "retry.max_attempts", 1, MAX_ATTEMPTS, errors)
     priority = spec.get("priority", 500)
     _check_int(priority, "priority", INT32_MIN, INT32_MAX, errors)
+    subscription = None
+    if spec.get("subscription") is not None:
+        subscription = _check_subscription(spec["subscription"], errors)
+    if subscription and session is not None:
+        known = set(session.scalars(select(StorageEndpoint.name).where(
+            StorageEndpoint.name.in_(subscription["rses"]))))
+        if missing := [r for r in subscription["rses"] if r not in known]:
+            errors.append(f"subscription.rses: unknown endpoints {missing}")
     if not errors and ddm is not None and session is not None:
         for did in inputs:
             try:
@@ -194,13 +250,15 @@ def validate(spec: dict[str, Any], ddm: DDM | None = None,
             "transformation": spec["transformation"], "input_datasets": list(inputs),
             "output_dataset": out_ds, "log_dataset": log_ds, "split": split,
             "resources": resources, "retry": retry, "priority": priority,
-            "share": spec.get("share") or "production"}
+            "share": spec.get("share") or "production", "subscription": subscription}
 
 
 def submit(session: Session, spec: dict[str, Any], ddm: DDM, *, owner: str | None = None,
            now: datetime | None = None) -> Task:
-    """Validate ``spec`` (inputs must exist in the DDM) and register the task."""
+    """Validate ``spec`` (inputs must exist in the DDM) and register the task; its
+    ``[subscription]``, if any, is created in the DDM last (a refusal stores nothing)."""
     clean = validate(spec, ddm, session)
+    sub = clean.pop("subscription")
     if owner:
         if len(owner) > MAX_LEN["owner"]:
             raise TaskSpecError(f"invalid task spec: owner is {len(owner)} characters; "
@@ -219,4 +277,14 @@ def submit(session: Session, spec: dict[str, Any], ddm: DDM, *, owner: str | Non
         raise TaskSpecError("invalid task spec: " + "; ".join(errors))
     record_created(session, Entity.TASK, [(task.id, None)], TaskState.REGISTERED,
                    actor=f"user:{task.owner}"[:128], reason="submitted", now=now)
+    if sub is not None:
+        endpoints = tuple(session.scalar(select(StorageEndpoint).where(
+            StorageEndpoint.name == r)) for r in sub["rses"])
+        try:
+            ddm.subscribe(session, Subscription(
+                name=f"dawms.task{task.id}.{uuid.uuid4().hex[:12]}", scope=sub["scope"],
+                pattern=sub["pattern"], endpoints=endpoints, activity=sub["activity"],
+                lifetime_s=sub["lifetime_s"], comment=f"dawms task {task.id} {task.name}"))
+        except DDMError as exc:
+            raise TaskSpecError(f"invalid task spec: subscription: {exc}") from exc
     return task

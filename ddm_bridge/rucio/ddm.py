@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import posixpath
+import tempfile
 import time
 import uuid
 from collections.abc import Iterable
@@ -42,6 +44,7 @@ from dawms.ddm_bridge.abc import (
     Outcome,
     RegistrationError,
     RequestReport,
+    Subscription,
     UnknownDataset,
 )
 from dawms.storage.checksum import copy_stream, file_adler32
@@ -145,6 +148,7 @@ class RucioDDM(DDM):
              dids: list[tuple[str, str]]) -> dict[tuple[str, str], str]:
         from rucio.rse import rsemanager
 
+        _ensure_rucio_config(self.settings)
         rse = endpoint.rse_name
         info = self._rse_info.get(rse)
         if info is None:
@@ -244,7 +248,10 @@ class RucioDDM(DDM):
             cache.mark_request_arrived(session, req, now)
             return RequestReport(Outcome.DONE, done_key(rule_id), external_id=rule_id)
         expires = rule.get("expires_at")
-        if isinstance(expires, datetime) and expires.replace(tzinfo=expires.tzinfo or UTC) <= now:
+        # expires_at is on Rucio's clock (a deletion sets it to Rucio's now): judge it by
+        # the wall clock, not by the scheduler's ``now`` (frozen in tests, maybe skewed)
+        if isinstance(expires, datetime) and \
+                expires.replace(tzinfo=expires.tzinfo or UTC) <= datetime.now(UTC):
             # deleted (Rucio sets expires_at = now; its cleaner removes it later) or expired
             return RequestReport(Outcome.CANCELLED, f"rucio:rule:{rule_id}:gone",
                                  external_id=rule_id,
@@ -270,6 +277,23 @@ class RucioDDM(DDM):
         return RequestReport(Outcome.FAILED, failed_key(str(req.external_id)),
                              external_id=req.external_id,
                              error=f"{error} (after {attempts} tries)")
+
+    def subscribe(self, session: Session, sub: Subscription) -> str:
+        """A Rucio subscription (``subscription.py``); recorded once as a data event."""
+        from dawms.ddm_bridge.events import record
+
+        from . import subscription
+
+        sub_id = subscription.add(self.gate, sub)
+        record(session, source="submit", dedup_key=f"rucio:subscription:{sub_id}",
+               kind="subscription", payload={
+                   "name": sub.name, "scope": sub.scope, "pattern": sub.pattern,
+                   "rses": [ep.rse_name for ep in sub.endpoints], "activity": sub.activity,
+                   "lifetime_s": sub.lifetime_s, "comment": sub.comment},
+               now=datetime.now(UTC))
+        log.info("subscription %s (%s): %s:%s to %s", sub.name, sub_id, sub.scope,
+                 sub.pattern, ",".join(ep.rse_name for ep in sub.endpoints))
+        return sub_id
 
     def daemons(self) -> list[DaemonSpec]:
         from . import housekeeping
@@ -429,6 +453,28 @@ def _put(path: Path, info: FileInfo, url: str) -> None:
         if fs.exists(tmp):
             fs.rm(tmp)
         raise
+
+
+def _ensure_rucio_config(settings: RucioSettings) -> None:
+    """Give Rucio's own libraries a client configuration if the site has none.
+
+    ``rsemanager`` (lfn2pfn) reads ``[common] multi_vo`` from a rucio.cfg and fails
+    with ConfigNotFound when there is none, although the client itself is configured
+    by ``DAWMS_RUCIO_*`` alone. Without ``RUCIO_CONFIG`` and without a rucio.cfg in
+    Rucio's search path, a ``[client]``-only file (no credentials: those are passed
+    to the client directly) is written once and named by ``RUCIO_CONFIG``.
+    """
+    from rucio.common.config import get_config_dirs
+
+    if os.environ.get("RUCIO_CONFIG") or any(
+            os.path.exists(os.path.join(d, "rucio.cfg")) for d in get_config_dirs()):
+        return
+    fd, path = tempfile.mkstemp(prefix="dawms-rucio-", suffix=".cfg")
+    with os.fdopen(fd, "w") as out:
+        out.write(f"[client]\nrucio_host = {settings.host or ''}\n"
+                  f"auth_host = {settings.auth_host or settings.host or ''}\n")
+    os.environ["RUCIO_CONFIG"] = path
+    log.info("no rucio.cfg found: Rucio's libraries read the client-only %s", path)
 
 
 def _plain(pfn: str) -> str:

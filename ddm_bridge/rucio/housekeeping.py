@@ -21,6 +21,7 @@ from dawms.catalog.db import Database
 from dawms.catalog.models import DataRequest, Dataset, DDMEvent, Job, JobFile, Task
 from dawms.catalog.names import split_did
 from dawms.catalog.states import JOB_FINAL, TASK_FINAL, RequestState
+from dawms.ddm_bridge.abc import Ran
 from dawms.ddm_bridge.events import record
 
 from .gate import RucioUnavailable
@@ -29,6 +30,7 @@ if TYPE_CHECKING:
     from .ddm import RucioDDM
 
 log = logging.getLogger(__name__)
+BUNCH = 100  # datasets closed / rules deleted a run
 ENDED = (RequestState.DONE, RequestState.FAILED, RequestState.CANCELLED)
 
 
@@ -36,7 +38,7 @@ def deleted_key(rule_id: str) -> str:
     return f"rucio:rule:{rule_id}:deleted"
 
 
-def close_datasets(db: Database, ddm: RucioDDM, limit: int = 100) -> int:
+def close_datasets(db: Database, ddm: RucioDDM, limit: int = BUNCH) -> int:
     """Close the open output/log datasets of ended tasks; returns how many."""
     with db.session() as s:
         dids = {d for out, log_ds in s.execute(select(Task.output_dataset, Task.log_dataset)
@@ -59,7 +61,7 @@ def close_datasets(db: Database, ddm: RucioDDM, limit: int = 100) -> int:
     return closed
 
 
-def delete_rules(db: Database, ddm: RucioDDM, limit: int = 100) -> int:
+def delete_rules(db: Database, ddm: RucioDDM, limit: int = BUNCH) -> int:
     """Delete the rules of ended requests no unfinished job reads from; returns how many."""
     with db.session() as s:
         rows = list(s.execute(select(DataRequest.id, DataRequest.external_id)
@@ -85,8 +87,11 @@ def delete_rules(db: Database, ddm: RucioDDM, limit: int = 100) -> int:
     return len(todo)
 
 
-def run_once(db: Database, ddm: RucioDDM) -> int:
+def run_once(db: Database, ddm: RucioDDM, limit: int = BUNCH) -> Ran:
+    """Both chores once; ``full`` when either took a whole bunch (more may wait)."""
     try:
-        return close_datasets(db, ddm) + delete_rules(db, ddm)
+        closed = close_datasets(db, ddm, limit)
+        deleted = delete_rules(db, ddm, limit)
     except RucioUnavailable:
-        return 0  # the gate logged what waits
+        return Ran(0, full=False)  # the gate logged what waits
+    return Ran(closed + deleted, full=closed >= limit or deleted >= limit)

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import pytest
 from ddm_world import Backend, LocalWorld
+from rucio_world import make_rucio
 
 from dawms.catalog.db import Database
 from dawms.ddm_bridge.local import LocalDDM
@@ -36,6 +37,7 @@ class Entry:
 
 BACKENDS: dict[str, Entry] = {
     "local": Entry(make_local),
+    "rucio": Entry(make_rucio, marks=(pytest.mark.rucio,)),
 }
 
 

@@ -80,12 +80,18 @@ class LocalWorld(World):
 
 @dataclass
 class Backend:
-    """A DDM under test, its world, its catalog, and the daemons it must declare."""
+    """A DDM under test, its world, its catalog, the daemons it must declare, and the
+    scope its test names its data in (a DDM that outlives the test, as a Rucio server
+    does, gets a fresh scope per test: names a test registers stay registered)."""
 
     ddm: DDM
     world: World
     db: Database
     daemons: frozenset[str]
+    scope: str = "t"
+
+    def did(self, name: str) -> str:
+        return f"{self.scope}:{name}"
 
     def endpoint(self, session, name: str) -> StorageEndpoint:  # type: ignore[no-untyped-def]
         return session.scalar(select(StorageEndpoint).where(StorageEndpoint.name == name))

@@ -114,25 +114,25 @@ FILES = {f"raw._{i:06d}": bytes([i]) * (1000 + i) + b"payload" for i in range(1,
 def test_list_files_gives_the_dataset_in_order_with_checksums(ddm_backend: Backend,
                                                              tmp_path: Path) -> None:
     b = ddm_backend
-    upload(b, "t:raw", "SITE_A_DISK", FILES, tmp_path)
+    upload(b, b.did("raw"), "SITE_A_DISK", FILES, tmp_path)
     later = {"raw._000009": b"added later"}
-    upload(b, "t:raw", "SITE_A_DISK", later, tmp_path)
+    upload(b, b.did("raw"), "SITE_A_DISK", later, tmp_path)
     with b.db.session() as s:
-        files = b.ddm.list_files(s, "t:raw")
+        files = b.ddm.list_files(s, b.did("raw"))
         assert [f.name for f in files] == [*FILES, *later]
         for f in files:
             data = {**FILES, **later}[f.name]
-            assert (f.scope, f.size, f.adler32) == ("t", len(data), adler(data))
+            assert (f.scope, f.size, f.adler32) == (b.scope, len(data), adler(data))
             assert f.guid
-        assert [f.id for f in b.ddm.list_files(s, "t:raw")] == [f.id for f in files]
+        assert [f.id for f in b.ddm.list_files(s, b.did("raw"))] == [f.id for f in files]
 
 
 def test_an_unknown_dataset_is_refused_and_nothing_is_created(ddm_backend: Backend) -> None:
     b = ddm_backend
     before = catalog_counts(b)
     with b.db.session() as s:
-        with pytest.raises(UnknownDataset, match="t:nope"):
-            b.ddm.list_files(s, "t:nope")
+        with pytest.raises(UnknownDataset, match=b.did("nope")):
+            b.ddm.list_files(s, b.did("nope"))
         with pytest.raises(ValueError, match="scope:name"):
             b.ddm.list_files(s, "no-scope")
     assert catalog_counts(b) == before
@@ -142,13 +142,13 @@ def test_an_unknown_dataset_is_refused_and_nothing_is_created(ddm_backend: Backe
 def test_upload_registers_size_and_adler32_and_puts_the_bytes_at_the_pfn(
         ddm_backend: Backend, tmp_path: Path) -> None:
     b = ddm_backend
-    files = upload(b, "t:raw", "SITE_A_DISK", FILES, tmp_path)
+    files = upload(b, b.did("raw"), "SITE_A_DISK", FILES, tmp_path)
     assert [(f.name, f.size, f.adler32) for f in files] == \
         [(n, len(d), adler(d)) for n, d in FILES.items()]
     with b.db.session() as s:
         ep = b.endpoint(s, "SITE_A_DISK")
         for name, data in FILES.items():
-            assert b.world.read(ep, "t", name) == data
+            assert b.world.read(ep, b.scope, name) == data
     # what the broker and the dispatcher read: an available replica on the endpoint
     assert set(replicas(b, [f.id for f in files]).items()) == \
         {((f.id, "SITE_A_DISK"), "available") for f in files}
@@ -157,31 +157,31 @@ def test_upload_registers_size_and_adler32_and_puts_the_bytes_at_the_pfn(
 def test_the_same_bytes_uploaded_again_change_nothing(ddm_backend: Backend,
                                                       tmp_path: Path) -> None:
     b = ddm_backend
-    first = upload(b, "t:raw", "SITE_A_DISK", FILES, tmp_path)
+    first = upload(b, b.did("raw"), "SITE_A_DISK", FILES, tmp_path)
     before = catalog_counts(b)
-    again = upload(b, "t:raw", "SITE_A_DISK", dict(reversed(FILES.items())), tmp_path)
+    again = upload(b, b.did("raw"), "SITE_A_DISK", dict(reversed(FILES.items())), tmp_path)
     assert sorted(f.id for f in again) == sorted(f.id for f in first)
     assert catalog_counts(b) == before
     with b.db.session() as s:
-        assert [f.name for f in b.ddm.list_files(s, "t:raw")] == list(FILES)
+        assert [f.name for f in b.ddm.list_files(s, b.did("raw"))] == list(FILES)
 
 
 def test_other_bytes_under_a_registered_name_are_refused_and_nothing_is_written(
         ddm_backend: Backend, tmp_path: Path) -> None:
     b = ddm_backend
-    (known,) = upload(b, "t:raw", "SITE_A_DISK", {"raw._000001": b"A" * 500}, tmp_path)
+    (known,) = upload(b, b.did("raw"), "SITE_A_DISK", {"raw._000001": b"A" * 500}, tmp_path)
     before = catalog_counts(b)
     for other in (b"B" * 500, b"A" * 501):  # same size other bytes; other size
         with pytest.raises(RegistrationError, match="already registered"):
-            upload(b, "t:other", "SITE_B_DISK",
+            upload(b, b.did("other"), "SITE_B_DISK",
                    {"raw._000002": b"fine", "raw._000001": other}, tmp_path / str(len(other)))
     assert catalog_counts(b) == before
     with b.db.session() as s:
         assert s.scalar(select(Dataset).where(Dataset.name == "other")) is None
         a, ep_b = b.endpoint(s, "SITE_A_DISK"), b.endpoint(s, "SITE_B_DISK")
-        assert b.world.read(a, "t", "raw._000001") == b"A" * 500
-        assert b.world.read(ep_b, "t", "raw._000001") is None
-        assert b.world.read(ep_b, "t", "raw._000002") is None  # all or nothing
+        assert b.world.read(a, b.scope, "raw._000001") == b"A" * 500
+        assert b.world.read(ep_b, b.scope, "raw._000001") is None
+        assert b.world.read(ep_b, b.scope, "raw._000002") is None  # all or nothing
     assert replicas(b, [known.id]) == {(known.id, "SITE_A_DISK"): "available"}
 
 
@@ -189,9 +189,9 @@ def test_other_bytes_under_a_registered_name_are_refused_and_nothing_is_written(
 def test_a_replication_request_is_a_row_in_the_catalog(ddm_backend: Backend,
                                                        tmp_path: Path) -> None:
     b = ddm_backend
-    files = upload(b, "t:raw", "SITE_A_DISK", FILES, tmp_path)
+    files = upload(b, b.did("raw"), "SITE_A_DISK", FILES, tmp_path)
     with b.db.session() as s:
-        req = b.ddm.request_replication(s, b.ddm.list_files(s, "t:raw"),
+        req = b.ddm.request_replication(s, b.ddm.list_files(s, b.did("raw")),
                                         b.endpoint(s, "SITE_B_DISK"), name="t_dis7",
                                         activity="Analysis Input")
         rid = req.id
@@ -210,8 +210,8 @@ def test_a_replication_request_is_a_row_in_the_catalog(ddm_backend: Backend,
 def test_a_completed_replication_is_reported_done_and_applied_once(
         ddm_backend: Backend, tmp_path: Path) -> None:
     b = ddm_backend
-    files = upload(b, "t:raw", "SITE_A_DISK", FILES, tmp_path)
-    rid = request(b, "t:raw", "SITE_B_DISK")
+    files = upload(b, b.did("raw"), "SITE_A_DISK", FILES, tmp_path)
+    rid = request(b, b.did("raw"), "SITE_B_DISK")
     b.world.complete(b.db)
     (report,) = reports_for(b, poll(b), rid)
     assert (report.outcome, report.error) == (Outcome.DONE, "")
@@ -221,7 +221,7 @@ def test_a_completed_replication_is_reported_done_and_applied_once(
     assert reports_for(b, poll(b), rid) == []  # ended: not reported again
     with b.db.session() as s:
         ep = b.endpoint(s, "SITE_B_DISK")
-        assert all(b.world.read(ep, "t", n) == d for n, d in FILES.items())
+        assert all(b.world.read(ep, b.scope, n) == d for n, d in FILES.items())
     assert {k: v for k, v in replicas(b, [f.id for f in files]).items()
             if k[1] == "SITE_B_DISK"} == {(f.id, "SITE_B_DISK"): "available" for f in files}
 
@@ -229,9 +229,10 @@ def test_a_completed_replication_is_reported_done_and_applied_once(
 def test_a_failed_replication_is_reported_failed_with_an_error(
         ddm_backend: Backend, tmp_path: Path) -> None:
     b = ddm_backend
-    upload(b, "t:raw", "SITE_A_DISK", FILES, tmp_path)
-    upload(b, "t:ok", "SITE_A_DISK", {"ok._000001": b"fine bytes"}, tmp_path)
-    bad, good = request(b, "t:raw", "SITE_B_DISK"), request(b, "t:ok", "SITE_B_DISK", "t_dis2")
+    upload(b, b.did("raw"), "SITE_A_DISK", FILES, tmp_path)
+    upload(b, b.did("ok"), "SITE_A_DISK", {"ok._000001": b"fine bytes"}, tmp_path)
+    bad = request(b, b.did("raw"), "SITE_B_DISK")
+    good = request(b, b.did("ok"), "SITE_B_DISK", "t_dis2")
     b.world.complete(b.db, fail=[bad])
     reports = poll(b)
     (failed,) = reports_for(b, reports, bad)
@@ -248,8 +249,8 @@ def test_a_failed_replication_is_reported_failed_with_an_error(
 def test_a_report_about_an_unknown_request_is_counted_and_writes_nothing(
         ddm_backend: Backend, tmp_path: Path) -> None:
     b = ddm_backend
-    upload(b, "t:raw", "SITE_A_DISK", FILES, tmp_path)
-    rid = request(b, "t:raw", "SITE_B_DISK")
+    upload(b, b.did("raw"), "SITE_A_DISK", FILES, tmp_path)
+    rid = request(b, b.did("raw"), "SITE_B_DISK")
     before = catalog_counts(b)
     assert apply(b, [RequestReport(Outcome.DONE, dedup_key="x1", request_id=rid + 1000),
                      RequestReport(Outcome.FAILED, dedup_key="x2", external_id="nope",
@@ -265,10 +266,10 @@ def test_requests_whose_files_are_there_are_reported_by_poll_after_commit_only(
     reported done by poll() alone. Each ending is an event that reaches subscribers
     only once the applying transaction commits."""
     b = ddm_backend
-    upload(b, "t:raw", "SITE_A_DISK", FILES, tmp_path)
-    r1 = request(b, "t:raw", "SITE_A_DISK", "t_dis1")  # already there
-    r2 = request(b, "t:raw", "SITE_A_DISK", "t_dis2")
-    r3 = request(b, "t:raw", "SITE_B_DISK", "t_dis3")  # not there: stays open
+    upload(b, b.did("raw"), "SITE_A_DISK", FILES, tmp_path)
+    r1 = request(b, b.did("raw"), "SITE_A_DISK", "t_dis1")  # already there
+    r2 = request(b, b.did("raw"), "SITE_A_DISK", "t_dis2")
+    r3 = request(b, b.did("raw"), "SITE_B_DISK", "t_dis3")  # not there: stays open
     got: list[events.StateChanged] = []
     unsubscribe = events.subscribe(got.append)
     try:
@@ -291,9 +292,9 @@ def test_requests_whose_files_are_there_are_reported_by_poll_after_commit_only(
 def test_duplicated_and_reordered_request_events_change_nothing(ddm_backend: Backend,
                                                                 tmp_path: Path) -> None:
     b = ddm_backend
-    upload(b, "t:raw", "SITE_A_DISK", FILES, tmp_path)
-    r1 = request(b, "t:raw", "SITE_B_DISK", "t_dis1")
-    r2 = request(b, "t:raw", "SITE_C_DISK", "t_dis2")
+    upload(b, b.did("raw"), "SITE_A_DISK", FILES, tmp_path)
+    r1 = request(b, b.did("raw"), "SITE_B_DISK", "t_dis1")
+    r2 = request(b, b.did("raw"), "SITE_C_DISK", "t_dis2")
     with b.db.session() as s:
         x2 = s.get(DataRequest, r2).external_id
 
@@ -329,12 +330,12 @@ def test_register_outputs_creates_the_dataset_when_the_bytes_are_there(
     data = b"x" * 1234
     with b.db.session() as s:
         ep = b.endpoint(s, "SITE_B_DISK")
-        b.world.place(ep, "t", "out._000001.1", data)
-        (f,) = b.ddm.register_outputs(s, "t:out", [FileInfo("t", "out._000001.1", 1234,
+        b.world.place(ep, b.scope, "out._000001.1", data)
+        (f,) = b.ddm.register_outputs(s, b.did("out"), [FileInfo(b.scope, "out._000001.1", 1234,
                                                             adler(data))], ep)
         assert (f.size, f.adler32) == (1234, adler(data))
     with b.db.session() as s:
-        assert [(x.name, x.size, x.adler32) for x in b.ddm.list_files(s, "t:out")] == \
+        assert [(x.name, x.size, x.adler32) for x in b.ddm.list_files(s, b.did("out"))] == \
             [("out._000001.1", 1234, adler(data))]
     assert replicas(b, [f.id]) == {(f.id, "SITE_B_DISK"): "available"}
 
@@ -345,19 +346,19 @@ def test_register_outputs_refuses_missing_or_wrong_size_files_all_or_nothing(
     data = b"y" * 1234
     with b.db.session() as s:
         ep = b.endpoint(s, "SITE_B_DISK")
-        b.world.place(ep, "t", "out._000001.1", data)
-    good = FileInfo("t", "out._000001.1", 1234, adler(data))
+        b.world.place(ep, b.scope, "out._000001.1", data)
+    good = FileInfo(b.scope, "out._000001.1", 1234, adler(data))
     before = catalog_counts(b)
-    for files, why in (([good, FileInfo("t", "gone", 10, adler(b"0" * 10))], "gone"),
-                       ([FileInfo("t", "out._000001.1", 1000, adler(data))], "1000"),
-                       ([good, FileInfo("t", "out._000001.1", 99, adler(data))], "99")):
+    for files, why in (([good, FileInfo(b.scope, "gone", 10, adler(b"0" * 10))], "gone"),
+                       ([FileInfo(b.scope, "out._000001.1", 1000, adler(data))], "1000"),
+                       ([good, FileInfo(b.scope, "out._000001.1", 99, adler(data))], "99")):
         with pytest.raises(RegistrationError, match=why), b.db.session() as s:
-            b.ddm.register_outputs(s, "t:out", files, b.endpoint(s, "SITE_B_DISK"))
+            b.ddm.register_outputs(s, b.did("out"), files, b.endpoint(s, "SITE_B_DISK"))
     assert catalog_counts(b) == before
     with b.db.session() as s:
         assert s.scalar(select(Dataset).where(Dataset.name == "out")) is None
         with pytest.raises(UnknownDataset):
-            b.ddm.list_files(s, "t:out")
+            b.ddm.list_files(s, b.did("out"))
 
 
 # ------------------------------------------------------------------ pfn, daemons
@@ -366,10 +367,10 @@ def test_pfn_is_deterministic_and_under_the_endpoint_prefix(ddm_backend: Backend
     with b.db.session() as s:
         eps = [b.endpoint(s, n) for n in ("SITE_A_DISK", "SITE_B_DISK")]
         names = ["raw._000001", "raw._000002", "out._000001.1"]
-        urls = {(e.name, n): b.ddm.pfn(e, "t", n) for e in eps for n in names}
+        urls = {(e.name, n): b.ddm.pfn(e, b.scope, n) for e in eps for n in names}
         for (ep_name, name), url in urls.items():
             ep = next(e for e in eps if e.name == ep_name)
-            assert url == b.ddm.pfn(ep, "t", name)
+            assert url == b.ddm.pfn(ep, b.scope, name)
             assert url.startswith(ep.url_prefix.rstrip("/") + "/") and url.endswith(f"/{name}")
         assert len(set(urls.values())) == len(urls)
         assert b.ddm.pfn(eps[0], "t", "a") != b.ddm.pfn(eps[0], "u", "a")  # scope counts
