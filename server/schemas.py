@@ -10,6 +10,11 @@ from pydantic import BaseModel, Field
 # strings are bounded by their columns (catalog/models.py)
 INT64_MAX = 2**63 - 1
 Id = Annotated[int, Field(ge=1, le=INT64_MAX)]
+# pilot metrics: a flat, bounded dict of numbers (cpu, wall, max RSS, bytes) or short texts
+MetricName = Annotated[str, Field(min_length=1, max_length=64)]
+MetricValue = (Annotated[int, Field(ge=-INT64_MAX, le=INT64_MAX)]
+               | Annotated[float, Field(allow_inf_nan=False)] | bool
+               | Annotated[str, Field(max_length=256)] | None)
 
 
 class Envelope(BaseModel):
@@ -38,11 +43,11 @@ class JobUpdate(BaseModel):
     attempt: Id
     lease_token: str = Field(max_length=64)
     state: str = Field(max_length=16)
-    metrics: dict[str, Any] = Field(default_factory=dict)
+    metrics: dict[MetricName, MetricValue] = Field(default_factory=dict, max_length=64)
     exit_code: int | None = Field(None, ge=-(2**31), le=2**31 - 1)
     error_category: str = Field("", max_length=32)
-    error_diag: str = ""
-    outputs: list[OutputFile] = Field(default_factory=list)
+    error_diag: str = Field("", max_length=4000)
+    outputs: list[OutputFile] = Field(default_factory=list, max_length=1000)
 
 
 class JobUpdates(BaseModel):
@@ -57,7 +62,13 @@ class DDMEventIn(BaseModel):
     outcome: str = Field(max_length=16, description="done | failed | cancelled")
     request_id: Id | None = None
     external_id: str | None = Field(None, max_length=64)
-    error: str = ""
+    error: str = Field("", max_length=4000)
+
+
+class DDMEventsIn(BaseModel):
+    """A bulk of DDM events (Rucio's hermes posts up to 1,000 at a time)."""
+
+    events: list[DDMEventIn] = Field(min_length=1, max_length=1000)
 
 
 class KillJobs(BaseModel):
