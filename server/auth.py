@@ -55,8 +55,16 @@ class Forbidden(HTTPException):
         super().__init__(403, message)
 
 
+_UNSET = object()
+
+
 def _verifier(request: Request) -> Verifier | None:
-    return request.app.state.verifier
+    """The app's verifier (None: auth is off). A mounted sub-app must share its parent's
+    ``state.verifier`` and ``state.settings``; one that does not refuses every caller."""
+    found = getattr(request.app.state, "verifier", _UNSET)
+    if found is _UNSET:
+        raise Unauthorized("this part of the server has no authentication configured")
+    return found  # type: ignore[return-value]
 
 
 class Rule:

@@ -38,6 +38,9 @@ class OIDCIssuer(BaseModel):
         description="claim value -> role; the first entry (in order) that matches wins")
     queues_claim: str | None = Field(None, max_length=64,
                                      description="for pilot/factory tokens: the queues")
+    jwks_cache_s: float = Field(300, ge=0, description="how long the JWKS is cached")
+    jwks_refresh_cooldown_s: float = Field(
+        30, ge=0, description="an unknown kid refetches the JWKS at most this often")
 
 
 class ServerSettings(BaseSettings):

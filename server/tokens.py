@@ -155,8 +155,10 @@ class Verifier:
         self.settings = settings
         self.keys = keys.VerifyingKeys(db, settings.key_cache_s)
         self._oidc = {i.issuer: i for i in settings.oidc_issuers}
-        self._jwks = {i.issuer: jwt.PyJWKClient(i.jwks_url, cache_keys=True, lifespan=300,
-                                                timeout=10) for i in settings.oidc_issuers}
+        self._jwks = {i.issuer: jwt.PyJWKClient(i.jwks_url, cache_keys=True,
+                                                lifespan=max(i.jwks_cache_s, 1e-3), timeout=10,
+                                                cooldown_duration=i.jwks_refresh_cooldown_s)
+                      for i in settings.oidc_issuers}
 
     def verify(self, token: str) -> Principal:
         if len(token) > MAX_TOKEN_CHARS:
