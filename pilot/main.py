@@ -169,7 +169,8 @@ class Pilot:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="dawms-pilot", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="dawms-pilot", description=__doc__.split("\n\n")[0],
+                                allow_abbrev=False)  # --token must not mean --token-file
     p.add_argument("--server", required=True, help="server base URL, e.g. http://host:8080")
     p.add_argument("--queue", required=True, help="the queue (PanDA resource) to pull jobs for")
     p.add_argument("--workdir", type=Path, default=Path.cwd(), help="where job dirs go")
