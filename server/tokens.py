@@ -115,11 +115,12 @@ def revoke(db: Database, jti: str, *, actor: str, reason: str = "") -> bool:
     with db.session() as s:
         dialect = s.get_bind().dialect.name
         insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
-        done = s.execute(insert(TokenRevocation)
+        added = s.scalar(insert(TokenRevocation)
                          .values(jti=jti, revoked_at=datetime.now(UTC), actor=actor[:128],
                                  reason=reason[:2000])
-                         .on_conflict_do_nothing(index_elements=["jti"])).rowcount
-    return bool(done)
+                         .on_conflict_do_nothing(index_elements=["jti"])
+                         .returning(TokenRevocation.jti))
+    return added is not None
 
 
 def is_revoked(db: Database, jti: str) -> bool:
