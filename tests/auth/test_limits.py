@@ -157,3 +157,31 @@ def test_readyz_is_503_when_the_database_is_gone(tmp_path) -> None:
         db.engine.dispose()
         _envelope(api.get("/readyz"), 503, "database unreachable")
         assert api.get("/healthz").status_code == 200
+
+
+def test_a_declared_length_over_the_limit_is_refused_before_reading(world: World) -> None:
+    """The Content-Length check answers 413 without reading a byte (or calling the app)."""
+    import asyncio
+
+    from dawms.server.limits import BodyLimit
+
+    calls: list[str] = []
+
+    async def app(scope, receive, send) -> None:  # type: ignore[no-untyped-def]
+        calls.append("app")
+
+    async def receive() -> dict:
+        calls.append("receive")
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    sent: list[dict] = []
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+
+    guard = BodyLimit(app, world.api.app, ServerSettings())
+    scope = {"type": "http", "method": "POST", "path": "/api/v1/task/submit",
+             "headers": [(b"content-length", str(10**12).encode())]}
+    asyncio.run(guard(scope, receive, send))
+    assert calls == [] and sent[0]["status"] == 413
+    assert b"larger than 1048576 bytes" in sent[1]["body"]
