@@ -26,15 +26,20 @@ services: venv
 demo: venv
 	$(BIN)/dawms demo
 
+# ruff, the import contracts of pyproject.toml (over the installed package), and the
+# architecture rules (one writer of state columns, history rows, existing references)
 lint: venv
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports
+	$(BIN)/pytest -q -p no:cacheprovider tests/test_architecture.py
 
 test: venv services lint
 	. .services/env && DAWMS_NO_SKIP=1 $(BIN)/pytest -q -p no:cacheprovider -rfEs
 
+# Every benchmark: `python -m bench.NAME --json`, its JSON result the last line of stdout.
+BENCHES := claim_rate transfer_rate activation
 bench: venv services
-	. .services/env && $(BIN)/python bench/claim_rate.py
-	$(BIN)/python bench/transfer_rate.py
+	. .services/env && for b in $(BENCHES); do $(BIN)/python -m bench.$$b --json || exit 1; done
 
 clean:
 	rm -rf $(VENV) build .services *.egg-info

@@ -13,19 +13,14 @@ T concurrent claimers three ways:
   pilot token (auth on, as in production: the token is verified on every call).
 
 Every mode must hand out every job exactly once; the script fails otherwise.
-Prints one JSON object per backend and a final summary line.
+Logs each backend's result to stderr; the result is the last line of stdout.
 
-    .venv/bin/python bench/claim_rate.py [--jobs 2000] [--threads 8]
+    python -m bench.claim_rate --json [--backend postgresql] [--jobs 2000] [--threads 8]
 """
 
 from __future__ import annotations
 
-import argparse
-import json
-import os
-import socket
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -35,11 +30,23 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
-from sqlalchemy import create_engine, insert, select, text
+from sqlalchemy import Engine, create_engine, insert, select, text
 
 from dawms.catalog.db import Database
 from dawms.catalog.models import Job, Queue, Site, Task
 from dawms.catalog.transition import claim_jobs
+
+from ._common import (
+    catalog_url,
+    emit,
+    free_port,
+    log,
+    parser,
+    setup_logging,
+    start_dawms,
+    stop,
+    wait_http,
+)
 
 SPEC = {"transformation": "reco.py {inputs} {output}", "cores": 1, "memory_mb": 2000,
         "inputs": [{"scope": "bench", "lfn": f"raw._{i:06d}", "size": 2_000_000_000,
@@ -88,7 +95,7 @@ def drain(threads: int, claim_one: Callable[[], int | None]) -> tuple[float, lis
     return time.perf_counter() - t0, got
 
 
-def raw_sql(url: str, queue_id: int) -> Callable[[], int | None]:
+def raw_sql(url: str, queue_id: int) -> tuple[Callable[[], int | None], Engine]:
     engine = create_engine(url, pool_size=32, connect_args={"timeout": 60}
                            if url.startswith("sqlite") else {})
     if url.startswith("sqlite"):
@@ -105,7 +112,7 @@ def raw_sql(url: str, queue_id: int) -> Callable[[], int | None]:
             row = conn.execute(sql, {"q": queue_id}).first()
         return row[0] if row else None
 
-    return claim
+    return claim, engine
 
 
 def dawms_claim(db: Database, queue_id: int) -> Callable[[], int | None]:
@@ -132,83 +139,69 @@ def http_claim(url: str, token: str) -> Callable[[], int | None]:
     return claim
 
 
-def start_server(db_url: str, log: Path) -> tuple[subprocess.Popen[bytes], str]:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    out = open(log, "wb")  # noqa: SIM115 (the child owns it)
-    proc = subprocess.Popen([sys.executable, "-m", "dawms", "server", "--no-scheduler",
-                             "--port", str(port)], env={**os.environ, "DAWMS_DB_URL": db_url},
-                            stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+def start_server(db_url: str, log_path: Path) -> tuple[subprocess.Popen[bytes], str]:
+    port = free_port()
+    proc = start_dawms(["server", "--no-scheduler", "--port", str(port)],
+                       {"DAWMS_DB_URL": db_url}, log_path)
     url = f"http://127.0.0.1:{port}"
-    for _ in range(300):
-        try:
-            httpx.get(f"{url}/healthz", timeout=1).raise_for_status()
-            return proc, url
-        except httpx.HTTPError:
-            time.sleep(0.1)
-    raise RuntimeError("server did not start")
-
-
-def fresh(url: str, tmp: Path, tag: str) -> str:
-    if url.startswith("sqlite"):
-        return f"sqlite:///{tmp / f'{tag}.db'}"
-    name = f"dawms_bench_{tag}_{uuid.uuid4().hex[:6]}"
-    with create_engine(url, isolation_level="AUTOCOMMIT").connect() as c:
-        c.execute(text(f'CREATE DATABASE "{name}"'))
-    return url.rsplit("/", 1)[0] + f"/{name}"
+    wait_http(f"{url}/healthz", proc)
+    return proc, url
 
 
 def bench_backend(label: str, admin_url: str, n: int, threads: int, tmp: Path) -> dict:
     result: dict = {"backend": label, "jobs": n, "threads": threads}
     for mode in ("raw_sql", "claim_jobs", "http"):
-        url = fresh(admin_url, tmp, mode)
-        db = Database(url)
-        db.upgrade()
-        queue_id = fill(db, n)
-        proc = None
-        if mode == "raw_sql":
-            fn = raw_sql(url, queue_id)
-        elif mode == "claim_jobs":
-            fn = dawms_claim(db, queue_id)
-        else:
-            from dawms.server.tokens import issue
+        with catalog_url(label, admin_url, tmp, mode) as url:
+            db = Database(url)
+            db.upgrade()
+            queue_id = fill(db, n)
+            proc = None
+            if mode == "raw_sql":
+                fn, engine = raw_sql(url, queue_id)
+            elif mode == "claim_jobs":
+                fn, engine = dawms_claim(db, queue_id), None
+            else:
+                from dawms.server.tokens import issue
 
-            token, _ = issue(db, role="pilot", subject="bench", queues=["BENCH_PROD"])
-            proc, server = start_server(url, tmp / f"server-{label}.log")
-            fn = http_claim(server, token)
-        seconds, got = drain(threads, fn)
-        if proc:
-            proc.terminate()
-            proc.wait(20)
-        with db.session() as s:
-            left = s.scalar(select(Job.id).where(Job.state == "activated").limit(1))
+                token, _ = issue(db, role="pilot", subject="bench", queues=["BENCH_PROD"])
+                proc, server = start_server(url, tmp / f"server-{label}.log")
+                fn, engine = http_claim(server, token), None
+            seconds, got = drain(threads, fn)
+            if proc:
+                stop(proc)
+            if engine:
+                engine.dispose()
+            with db.session() as s:
+                left = s.scalar(select(Job.id).where(Job.state == "activated").limit(1))
+            db.dispose()
         if len(got) != n or len(set(got)) != n or left is not None:
             raise SystemExit(f"{label}/{mode}: {len(got)} claims, {len(set(got))} distinct, "
                              f"of {n} jobs: a job was lost or handed out twice")
         result[f"{mode}_per_s"] = round(n / seconds)
-        db.dispose()
+        log.info("%s %s: %d claims/s", label, mode, result[f"{mode}_per_s"])
     result["claim_jobs_vs_raw"] = round(result["claim_jobs_per_s"] / result["raw_sql_per_s"], 2)
     result["http_vs_raw"] = round(result["http_per_s"] / result["raw_sql_per_s"], 2)
     return result
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = parser(__doc__)
+    p.add_argument("--backend", choices=("sqlite", "postgresql", "all"), default="all")
     p.add_argument("--jobs", type=int, default=2000)
     p.add_argument("--threads", type=int, default=8)
-    p.add_argument("--pg-url", default=os.environ.get(
-        "DAWMS_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"))
     args = p.parse_args()
-    results = []
+    setup_logging(args.verbose)
+    backends = ("sqlite", "postgresql") if args.backend == "all" else (args.backend,)
+    results = {}
     with tempfile.TemporaryDirectory() as tmp:
-        for label, url in (("sqlite", "sqlite://"), ("postgresql", args.pg_url)):
-            res = bench_backend(label, url, args.jobs, args.threads, Path(tmp))
-            print(json.dumps(res), flush=True)
-            results.append(res)
-    print(json.dumps({"summary": {r["backend"]: {k: v for k, v in r.items()
-                                                 if k.endswith("_per_s") or "_vs_" in k}
-                                  for r in results}}))
+        for label in backends:
+            results[label] = bench_backend(label, args.pg_url, args.jobs, args.threads,
+                                           Path(tmp))
+            log.info("%s", results[label])
+    if len(results) == 1:
+        emit(results[backends[0]], args.json)
+    else:
+        emit({"backend": ",".join(backends), "results": results}, args.json)
 
 
 if __name__ == "__main__":

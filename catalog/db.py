@@ -65,13 +65,19 @@ def is_postgres(session_or_engine: Session | Engine) -> bool:
 
 
 class Database:
-    """An engine plus a session factory whose commits publish catalog events."""
+    """An engine plus a session factory whose commits publish catalog events.
+
+    ``broker`` carries them: in-process on SQLite, PostgreSQL ``LISTEN/NOTIFY`` on
+    PostgreSQL, so a change committed by one process wakes daemons in another.
+    """
 
     def __init__(self, url: str | None = None, **engine_kwargs: Any) -> None:
         self.url = url or default_url()
         self.engine = make_engine(self.url, **engine_kwargs)
         self._factory = sessionmaker(self.engine, expire_on_commit=False)
-        events.install(self._factory)
+        self.broker = events.broker_for(self.engine.url.render_as_string(hide_password=False),
+                                        self.engine)
+        events.install(self._factory, self.broker)
 
     @contextmanager
     def session(self) -> Iterator[Session]:

@@ -70,7 +70,13 @@ class StorageEndpoint(Base):
     kind: Mapped[str] = mapped_column(String(8), default="disk")  # disk | tape
     url_prefix: Mapped[str] = mapped_column(String(1024))
     quota_bytes: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    # the Rucio RSE this endpoint is, in Rucio mode; "" means the endpoint's own name
+    rse: Mapped[str] = mapped_column(String(128), default="")
     site: Mapped[Site] = relationship()
+
+    @property
+    def rse_name(self) -> str:
+        return self.rse or self.name
 
 
 class Queue(Base):

@@ -13,6 +13,7 @@ when in ``config_change``. The file looks like::
     site = "CERN"
     kind = "disk"                      # disk | tape
     url = "file:///data/cern/disk"     # file:// root:// s3:// gs:// davs:// https://
+    rse = "CERN-PROD_DATADISK"         # its Rucio RSE in Rucio mode (default: its name)
 
     [[queue]]
     name = "CERN_PROD"
@@ -26,6 +27,7 @@ when in ``config_change``. The file looks like::
 
 from __future__ import annotations
 
+import re
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,7 +44,10 @@ ENDPOINT_KINDS = ("disk", "tape")
 URL_SCHEMES = ("file", "root", "s3", "gs", "davs", "https", "http")
 
 _SITE_KEYS = {"name": str, "description": str}
-_ENDPOINT_KEYS = {"name": str, "site": str, "kind": str, "url": str, "quota_bytes": int}
+_ENDPOINT_KEYS = {"name": str, "site": str, "kind": str, "url": str, "quota_bytes": int,
+                  "rse": str}
+# Rucio's RSE name grammar (rucio.common.schema: upper case, digits, _ and -)
+_RSE_NAME = re.compile(r"^[A-Z0-9_-]{1,64}$")
 _QUEUE_KEYS = {
     "name": str, "site": str, "status": str, "cores": int, "memory_mb": int,
     "max_walltime_s": int, "max_disk_mb": int, "max_running": int, "max_queued": int,
@@ -120,6 +125,9 @@ def validate(raw: dict[str, Any], where: str = "config") -> dict[str, list[dict[
             errors.append(f"endpoint {e.get('name')}: unknown site {e.get('site')!r}")
         if e.get("kind", "disk") not in ENDPOINT_KINDS:
             errors.append(f"endpoint {e.get('name')}: kind must be one of {ENDPOINT_KINDS}")
+        if "rse" in e and not _RSE_NAME.match(str(e["rse"])):
+            errors.append(f"endpoint {e.get('name')}: rse must be an RSE name (A-Z, 0-9, _, -; "
+                          "at most 64)")
         scheme = str(e.get("url", "")).split("://", 1)[0]
         if "://" not in str(e.get("url", "")) or scheme not in URL_SCHEMES:
             errors.append(f"endpoint {e.get('name')}: url must start with one of "
@@ -149,7 +157,8 @@ def _site_row(s: dict[str, Any]) -> dict[str, Any]:
 
 def _endpoint_row(e: dict[str, Any], site_ids: dict[str, int]) -> dict[str, Any]:
     return {"site_id": site_ids[e["site"]], "kind": e.get("kind", "disk"),
-            "url_prefix": e["url"].rstrip("/"), "quota_bytes": e.get("quota_bytes")}
+            "url_prefix": e["url"].rstrip("/"), "quota_bytes": e.get("quota_bytes"),
+            "rse": e.get("rse", "")}
 
 
 def _queue_row(q: dict[str, Any], site_ids: dict[str, int]) -> dict[str, Any]:

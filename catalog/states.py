@@ -153,9 +153,29 @@ TASK_FINAL = frozenset(s for s, nxt in TASK_TRANSITIONS.items() if not nxt)
 JOB_QUEUED = frozenset({J.DEFINED, J.WAITING, J.THROTTLED, J.ASSIGNED, J.ACTIVATED})
 # Jobs a pilot holds: they must heartbeat.
 JOB_WITH_PILOT = frozenset({J.SENT, J.STARTING, J.RUNNING, J.HOLDING, J.TRANSFERRING})
-# What a pilot may report (PanDA's rule).
+# What a pilot may report (PanDA's rule); the server refuses anything else, and the
+# pilot's wire records (``dawms.wire``) are built from this table.
 PILOT_REPORTABLE = frozenset({J.STARTING, J.RUNNING, J.HOLDING, J.TRANSFERRING, J.FINISHED,
                               J.FAILED})
+# How the server reaches a reported state from the job's current one: the steps it
+# takes, each a transition of JOB_TRANSITIONS with its history row. Reporting the
+# state the job is in is a heartbeat (no step); ``failed`` is one step from any state
+# a pilot holds; a ``finished`` report registers the outputs before its last step.
+# A (current, reported) pair missing here is refused as stale.
+PILOT_REPORT_PATHS: dict[tuple[JobState, JobState], tuple[JobState, ...]] = {
+    **{(s, s): () for s in JOB_WITH_PILOT & PILOT_REPORTABLE},
+    **{(s, J.FAILED): (J.FAILED,) for s in JOB_WITH_PILOT},
+    (J.SENT, J.STARTING): (J.STARTING,),
+    (J.SENT, J.RUNNING): (J.RUNNING,),
+    (J.STARTING, J.RUNNING): (J.RUNNING,),
+    (J.RUNNING, J.HOLDING): (J.HOLDING,),
+    (J.RUNNING, J.TRANSFERRING): (J.TRANSFERRING,),
+    (J.SENT, J.FINISHED): (J.RUNNING, J.HOLDING, J.FINISHED),
+    (J.STARTING, J.FINISHED): (J.RUNNING, J.HOLDING, J.FINISHED),
+    (J.RUNNING, J.FINISHED): (J.HOLDING, J.FINISHED),
+    (J.HOLDING, J.FINISHED): (J.FINISHED,),
+    (J.TRANSFERRING, J.FINISHED): (J.FINISHED,),
+}
 
 
 def allowed(entity: Entity, src: str, dst: str) -> bool:

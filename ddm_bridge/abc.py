@@ -74,15 +74,33 @@ class RequestReport:
     error: str = ""
 
 
+class Ran(int):
+    """What one ``run_once`` of a daemon did: the count it reports (jobs brokered,
+    files copied...) and ``full``, true when it took a whole bunch and moved some of
+    it on, so more may be waiting: the runner calls it again at once and sleeps only
+    when a run was not full (Rucio's ``run_daemon``). It is an ``int`` so a caller
+    that wants only the count uses it as one; a plain ``int`` counts as not full."""
+
+    full: bool
+
+    def __new__(cls, count: int, *, full: bool) -> Ran:
+        self = super().__new__(cls, count)
+        self.full = full
+        return self
+
+    def __repr__(self) -> str:
+        return f"Ran({int(self)}, full={self.full})"
+
+
 @dataclass(frozen=True)
 class DaemonSpec:
     """A daemon a backend needs beside the scheduler's own (the local DDM's transfer
-    worker). ``run_once(db)`` returns how much it did; ``full`` is true when it took
-    a whole bunch, so the runner calls it again at once. ``wake_on`` lists the
-    ``(entity, to_state)`` of committed changes that should wake it."""
+    worker). ``run_once(db)`` returns a ``Ran``: while it is ``full`` the runner calls
+    it again at once. ``wake_on`` lists the ``(entity, to_state)`` of committed
+    changes that should wake it."""
 
     name: str
-    run_once: Callable[[Database], object]
+    run_once: Callable[[Database], Ran]
     interval_s: float
     wake_on: tuple[tuple[str, str], ...] = ()
 

@@ -1,4 +1,7 @@
-"""The pilot's HTTP client for the protocol in ``wire.py``.
+"""The pilot's HTTP client for the protocol of ``dawms.wire``.
+
+Requests are built as wire records and replies parsed into them, so a malformed
+job description or reply is refused here with a clear ``BadReply``.
 
 A pilot must outlive short server outages: connection errors, 5xx and 429
 answers are retried with capped exponential backoff until ``give_up_after_s``
@@ -13,12 +16,24 @@ import logging
 import random
 import threading
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import httpx
 
-from dawms.pilot import wire
+from dawms import wire
+from dawms.wire import (
+    AcquireReply,
+    AcquireRequest,
+    BulkResult,
+    BulkUpdate,
+    JobReport,
+    JobSpec,
+    OutputReport,
+    UpdateReply,
+    WireError,
+)
 
 log = logging.getLogger(__name__)
 
@@ -37,11 +52,17 @@ class ServerUnavailable(ClientError):
     """The server could not be reached or kept failing until we gave up."""
 
 
+class BadReply(ClientError):
+    """The server's reply does not match its wire record."""
+
+
 @dataclass(frozen=True)
 class Acquired:
-    """The answer to acquire_jobs: job specs, and jobs of the queue not yet runnable."""
+    """The answer to acquire_jobs: job descriptions as the server sent them (the job
+    runner parses each into a ``JobSpec`` and reports a malformed one failed), and
+    the jobs of the queue not yet runnable."""
 
-    jobs: list[dict[str, Any]]
+    jobs: list[Mapping[str, Any]]
     pending: int
 
 
@@ -54,8 +75,14 @@ class JobRef:
     lease_token: str
 
     @classmethod
-    def of(cls, spec: dict[str, Any]) -> JobRef:
-        return cls(int(spec["job_id"]), int(spec["attempt"]), str(spec["lease_token"]))
+    def of(cls, spec: JobSpec | Mapping[str, Any]) -> JobRef:
+        """The fence of a claimed job spec (a record, or a raw one whose rest may be
+        malformed), checked as a report will carry it; ``WireError`` if it cannot."""
+        fence = spec.to_dict() if isinstance(spec, JobSpec) else spec
+        probe = JobReport.from_dict({k: fence.get(k) for k in ("job_id", "attempt",
+                                                               "lease_token")}
+                                    | {"state": "failed"})
+        return cls(probe.job_id, probe.attempt, probe.lease_token)
 
 
 class PilotClient:
@@ -89,9 +116,16 @@ class PilotClient:
         self.close()
 
     def acquire_jobs(self, queue: str, pilot_id: str, n_jobs: int = 1) -> Acquired:
-        data = self._post(wire.ACQUIRE_JOBS,
-                          {"queue": queue, "pilot_id": pilot_id, "n_jobs": n_jobs}) or {}
-        return Acquired(jobs=list(data.get("jobs") or []), pending=int(data.get("pending") or 0))
+        request = AcquireRequest(queue=queue, pilot_id=pilot_id, n_jobs=n_jobs)
+        data = self._post(wire.ACQUIRE_JOBS, request.to_dict())
+        if not isinstance(data, Mapping) or not isinstance(data.get("jobs", []), list):
+            raise BadReply(f"{wire.ACQUIRE_JOBS}: malformed reply {str(data)[:300]}")
+        jobs = [j for j in data.get("jobs", []) if isinstance(j, Mapping)]
+        try:  # the envelope's own fields; each job is parsed by the job runner
+            pending = AcquireReply.from_dict({"pending": data.get("pending", 0)}).pending
+        except WireError as exc:
+            raise BadReply(f"{wire.ACQUIRE_JOBS}: {exc}") from None
+        return Acquired(jobs=jobs, pending=pending)
 
     def update_job(
         self,
@@ -102,7 +136,7 @@ class PilotClient:
         exit_code: int | None = None,
         error_category: str = "",
         error_diag: str = "",
-        outputs: list[dict[str, Any]] | None = None,
+        outputs: list[OutputReport] | None = None,
         cancel: threading.Event | None = None,
     ) -> str | None:
         """Send a heartbeat or a report; return the server's command (or None).
@@ -110,13 +144,22 @@ class PilotClient:
         Setting ``cancel`` stops the retries (``ServerUnavailable``)."""
         body = update_body(ref, state, metrics=metrics, exit_code=exit_code,
                            error_category=error_category, error_diag=error_diag, outputs=outputs)
-        data = self._post(wire.UPDATE_JOB, body, cancel=cancel)
-        return (data or {}).get("command")
+        data = self._post(wire.UPDATE_JOB, body.to_dict(), cancel=cancel)
+        try:
+            return UpdateReply.from_dict(data or {}).command
+        except WireError as exc:
+            raise BadReply(f"{wire.UPDATE_JOB}: {exc}") from None
 
-    def update_jobs_bulk(self, updates: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        """Send many ``update_body`` dicts at once; one result per update, in order
-        (``success``, ``command``; ``stale`` and ``message`` when refused)."""
-        return list(self._post(wire.UPDATE_JOBS_BULK, {"updates": updates}) or [])
+    def update_jobs_bulk(self, updates: list[JobReport]) -> list[BulkResult]:
+        """Send many reports at once; one result per report, in order."""
+        body = BulkUpdate(updates=list(updates))
+        data = self._post(wire.UPDATE_JOBS_BULK, body.to_dict())
+        if not isinstance(data, list) or len(data) != len(updates):
+            raise BadReply(f"{wire.UPDATE_JOBS_BULK}: expected {len(updates)} results")
+        try:
+            return [BulkResult.from_dict(r) for r in data]
+        except WireError as exc:
+            raise BadReply(f"{wire.UPDATE_JOBS_BULK}: {exc}") from None
 
     def _post(
         self, path: str, body: dict[str, Any], *, cancel: threading.Event | None = None
@@ -157,19 +200,16 @@ def update_body(
     exit_code: int | None = None,
     error_category: str = "",
     error_diag: str = "",
-    outputs: list[dict[str, Any]] | None = None,
-) -> dict[str, Any]:
-    """The update_job request body of ``wire.py`` (also one item of a bulk update)."""
-    if state not in wire.REPORTABLE_STATES:
-        raise ValueError(f"a pilot cannot report state {state!r}")
-    if error_category and error_category not in wire.ERROR_CATEGORIES:
-        raise ValueError(f"unknown error category {error_category!r}")
-    return {
+    outputs: list[OutputReport] | None = None,
+) -> JobReport:
+    """The update_job report (also one item of a bulk update); ``WireError`` (a
+    ``ValueError``) for a state a pilot may not report or an unknown error category."""
+    return JobReport.from_dict({
         "job_id": ref.job_id, "attempt": ref.attempt, "lease_token": ref.lease_token,
         "state": state, "metrics": dict(metrics or {}), "exit_code": exit_code,
-        "error_category": error_category, "error_diag": error_diag,
-        "outputs": list(outputs or []),
-    }
+        "error_category": error_category, "error_diag": error_diag[:wire.reports.DIAG_MAX],
+        "outputs": [o.to_dict() for o in outputs or []],
+    })
 
 
 def _message(reply: httpx.Response) -> str:

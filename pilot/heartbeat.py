@@ -12,8 +12,8 @@ import logging
 import threading
 from collections.abc import Callable
 
-from dawms.pilot import wire
 from dawms.pilot.client import ClientError, JobRef, PilotClient, StaleJob
+from dawms.wire import Command
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +78,7 @@ class Heartbeat:
                 log.warning("heartbeat of job %d failed: %s", self.ref.job_id, exc)
                 continue
             self.sent += 1
-            if command == wire.COMMAND_KILL:
+            if command == Command.KILL:
                 log.warning("server command for job %d: %s", self.ref.job_id, command)
                 self.command = command
                 self._kill("killed", "killed on the server's command")

@@ -3,9 +3,11 @@
 The sequence is PanDA's: report ``starting``, stage in, report ``running``, run
 the payload under a heartbeat, stage out the outputs, pack and stage out the
 log (also when the job failed), report ``finished`` with the outputs or
-``failed`` with an error category from ``wire.ERROR_CATEGORIES``. A 409 at any
-point means the attempt is no longer ours: kill the payload, report nothing
-more, and leave.
+``failed`` with an error category from ``wire.ErrorCategory``. The job
+description is parsed into a ``wire.JobSpec`` first: a malformed one is
+reported ``failed`` (``pilot``) without running anything. A 409 at any point
+means the attempt is no longer ours: kill the payload, report nothing more, and
+leave.
 """
 
 from __future__ import annotations
@@ -15,18 +17,18 @@ import enum
 import logging
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dawms.pilot import wire
 from dawms.pilot.client import ClientError, JobRef, PilotClient, StaleJob
 from dawms.pilot.heartbeat import Heartbeat
 from dawms.pilot.log import PILOT_LOG_NAME, make_log_tarball, write_job_spec
 from dawms.pilot.payload import STDERR_NAME, Payload, PayloadError, PayloadResult, build_command
 from dawms.pilot.stagein import StageInError, stage_in
 from dawms.pilot.stageout import StageOutError, stage_out_log, stage_out_outputs
+from dawms.wire import Command, JobSpec, OutputReport, WireError
 
 log = logging.getLogger(__name__)
 _PACKAGE_LOGGER = "dawms.pilot"
@@ -38,6 +40,7 @@ class Outcome(enum.StrEnum):
     FAILED = "failed"  # reported failed
     ABANDONED = "abandoned"  # the server said 409: the attempt is not ours any more
     LOST = "lost"  # the server stayed unreachable or refused; no final report made it
+    REFUSED = "refused"  # the job description was too malformed to report on
 
 
 @dataclass(frozen=True)
@@ -46,7 +49,7 @@ class JobResult:
     error_category: str = ""
     error_diag: str = ""
     exit_code: int | None = None
-    outputs: list[dict[str, Any]] = field(default_factory=list)
+    outputs: list[OutputReport] = field(default_factory=list)
 
 
 class _Failure(Exception):
@@ -61,13 +64,23 @@ class JobRunner:
     or a signal handler (for instance when the batch system stops the pilot)."""
 
     def __init__(
-        self, client: PilotClient, spec: dict[str, Any], workdir: Path, *,
+        self, client: PilotClient, spec: JobSpec | Mapping[str, Any], workdir: Path, *,
         kill_grace_s: float = 10.0,
     ) -> None:
         self.client = client
-        self.spec = spec
         self.workdir = Path(workdir)
-        self.ref = JobRef.of(spec)
+        self.bad_spec = ""  # why the job description was refused
+        if isinstance(spec, JobSpec):
+            self.spec: JobSpec | None = spec
+        else:
+            try:
+                self.spec = JobSpec.from_dict(spec)
+            except WireError as exc:
+                self.spec, self.bad_spec = None, str(exc)
+        try:
+            self.ref: JobRef | None = JobRef.of(self.spec or spec)
+        except WireError as exc:
+            self.ref, self.bad_spec = None, self.bad_spec or str(exc)
         self.kill_grace_s = kill_grace_s
         self.metrics: dict[str, float | int] = {"bytes_in": 0, "bytes_out": 0}
         self.exit_code: int | None = None  # the payload's, once it ended
@@ -83,12 +96,20 @@ class JobRunner:
             self._payload.kill(diag)
 
     def run(self) -> JobResult:
+        if self.ref is None:
+            log.error("refusing a job description with no valid fence: %s", self.bad_spec)
+            return JobResult(Outcome.REFUSED, "pilot", self.bad_spec[:_DIAG_MAX])
         self.workdir.mkdir(parents=True, exist_ok=True)
         with _job_log_file(self.workdir / PILOT_LOG_NAME):
             log.info("job %d attempt %d (%s) in %s", self.ref.job_id, self.ref.attempt,
-                     self.spec.get("job_name", ""), self.workdir)
+                     self.spec.job_name if self.spec else "?", self.workdir)
             try:
-                return self._run()
+                if self.spec is None:
+                    diag = f"malformed job description: {self.bad_spec}"[:_DIAG_MAX]
+                    log.error("job %d: %s", self.ref.job_id, diag)
+                    self._report("failed", error_category="pilot", error_diag=diag)
+                    return JobResult(Outcome.FAILED, "pilot", diag)
+                return self._run(self.spec)
             except StaleJob as exc:
                 if self._payload is not None:
                     self._payload.kill("the attempt is stale")
@@ -100,19 +121,19 @@ class JobRunner:
                           self.ref.job_id, self.ref.attempt, exc)
                 return JobResult(Outcome.LOST, error_diag=str(exc))
 
-    def _run(self) -> JobResult:
-        write_job_spec(self.spec, self.workdir)
-        heartbeat = Heartbeat(self.client, self.ref, float(self.spec.get("heartbeat_s") or 60),
+    def _run(self, spec: JobSpec) -> JobResult:
+        write_job_spec(spec.to_dict(), self.workdir)
+        heartbeat = Heartbeat(self.client, self._ref, spec.heartbeat_s,
                               metrics=self._current_metrics, kill=self.abort, state="starting",
                               lock=self._report_lock)
-        if self._report("starting") == wire.COMMAND_KILL:
+        if self._report("starting") == Command.KILL:
             self.abort("killed", "killed on the server's command")
         failure: _Failure | None = None
-        outputs: list[dict[str, Any]] = []
+        outputs: list[OutputReport] = []
         try:
             heartbeat.start()
             try:
-                outputs = self._work(heartbeat)
+                outputs = self._work(spec, heartbeat)
             finally:
                 heartbeat.stop()
             if heartbeat.stale:
@@ -127,12 +148,12 @@ class JobRunner:
         except ClientError:  # StaleJob, ServerUnavailable: handled by run()
             raise
         except Exception as exc:
-            log.exception("pilot error in job %d", self.ref.job_id)
+            log.exception("pilot error in job %d", self._ref.job_id)
             failure = _Failure("pilot", f"{type(exc).__name__}: {exc}")
         if failure is not None:
-            log.error("job %d failed (%s): %s", self.ref.job_id, failure.category, failure.diag)
+            log.error("job %d failed (%s): %s", self._ref.job_id, failure.category, failure.diag)
             outputs = []  # outputs of a failed job are not registered
-        failure = self._stage_out_log(outputs, failure)
+        failure = self._stage_out_log(spec, outputs, failure)
         if failure is None:
             self._report("finished", exit_code=self.exit_code, outputs=outputs)
             return JobResult(Outcome.FINISHED, exit_code=self.exit_code, outputs=outputs)
@@ -141,17 +162,17 @@ class JobRunner:
                      error_diag=diag, outputs=outputs)
         return JobResult(Outcome.FAILED, failure.category, diag, self.exit_code, outputs)
 
-    def _work(self, heartbeat: Heartbeat) -> list[dict[str, Any]]:
+    def _work(self, spec: JobSpec, heartbeat: Heartbeat) -> list[OutputReport]:
         """Stage in, run, stage out; return the outputs' report entries."""
-        _check_names(self.spec)
-        staged = stage_in(self.spec, self.workdir, should_stop=lambda: self._abort is not None)
+        _check_names(spec)
+        staged = stage_in(spec, self.workdir, should_stop=lambda: self._abort is not None)
         self.metrics["bytes_in"] = sum(f.size for f in staged)
         self._raise_if_aborted()
         heartbeat.state = "running"  # before the report, so no 'starting' beat follows it
-        if self._report("running") == wire.COMMAND_KILL:
+        if self._report("running") == Command.KILL:
             self.abort("killed", "killed on the server's command")
         self._raise_if_aborted()
-        result = self._run_payload([f.lfn for f in staged])
+        result = self._run_payload(spec, [f.lfn for f in staged])
         self.exit_code = result.exit_code
         self.metrics.update(result.metrics())
         if heartbeat.stale:
@@ -162,24 +183,21 @@ class JobRunner:
         if result.exit_code != 0:
             raise _Failure("payload", f"exit code {result.exit_code}: "
                                       f"{_tail(self.workdir / STDERR_NAME)}")
-        missing = [o["lfn"] for o in self.spec.get("outputs") or []
-                   if not (self.workdir / o["lfn"]).is_file()]
+        missing = [o.lfn for o in spec.outputs if not (self.workdir / o.lfn).is_file()]
         if missing:
             raise _Failure("payload", f"exit code 0 but outputs missing: {', '.join(missing)}")
-        outputs = stage_out_outputs(self.spec, self.workdir)
-        self.metrics["bytes_out"] = sum(o["size"] for o in outputs)
+        outputs = stage_out_outputs(spec, self.workdir)
+        self.metrics["bytes_out"] = sum(o.size for o in outputs)
         return outputs
 
-    def _run_payload(self, inputs: list[str]) -> PayloadResult:
-        spec = self.spec
-        argv = build_command(spec["transformation"], inputs=inputs,
-                             outputs=[o["lfn"] for o in spec.get("outputs") or []],
-                             job_id=self.ref.job_id, attempt=self.ref.attempt)
+    def _run_payload(self, spec: JobSpec, inputs: list[str]) -> PayloadResult:
+        argv = build_command(spec.transformation, inputs=inputs,
+                             outputs=[o.lfn for o in spec.outputs],
+                             job_id=spec.job_id, attempt=spec.attempt)
         env = dict(os.environ)
-        env.update({"DAWMS_JOB_ID": str(self.ref.job_id), "DAWMS_ATTEMPT": str(self.ref.attempt),
-                    "DAWMS_CORES": str(spec.get("cores") or 1),
-                    "DAWMS_WORKDIR": str(self.workdir)})
-        payload = Payload(argv, self.workdir, walltime_s=spec.get("walltime_s"), env=env,
+        env.update({"DAWMS_JOB_ID": str(spec.job_id), "DAWMS_ATTEMPT": str(spec.attempt),
+                    "DAWMS_CORES": str(spec.cores), "DAWMS_WORKDIR": str(self.workdir)})
+        payload = Payload(argv, self.workdir, walltime_s=spec.walltime_s, env=env,
                           kill_grace_s=self.kill_grace_s)
         self._payload = payload
         if self._abort is not None:  # abort() came before the payload object existed
@@ -191,22 +209,22 @@ class JobRunner:
             self._payload = None
 
     def _stage_out_log(
-        self, outputs: list[dict[str, Any]], failure: _Failure | None
+        self, spec: JobSpec, outputs: list[OutputReport], failure: _Failure | None
     ) -> _Failure | None:
-        if not self.spec.get("log"):
+        if spec.log is None:
             return failure
-        if not _plain_name(self.spec["log"]["lfn"]):
+        if not _plain_name(spec.log.lfn):
             return failure or _Failure("pilot", "the log file name is not a plain name")
         try:
-            tarball = make_log_tarball(self.workdir, self.spec["log"]["lfn"])
-            entry = stage_out_log(self.spec, tarball)
+            tarball = make_log_tarball(self.workdir, spec.log.lfn)
+            entry = stage_out_log(spec, tarball)
         except (StageOutError, OSError) as exc:
-            log.error("log of job %d not staged out: %s", self.ref.job_id, exc)
+            log.error("log of job %d not staged out: %s", self._ref.job_id, exc)
             if failure is None:
                 return _Failure("stageout", f"log: {exc}")
             return _Failure(failure.category, f"{failure.diag}; log not staged out: {exc}")
         outputs.append(entry)
-        self.metrics["bytes_out"] = int(self.metrics["bytes_out"]) + entry["size"]
+        self.metrics["bytes_out"] = int(self.metrics["bytes_out"]) + entry.size
         return failure
 
     def _raise_if_aborted(self) -> None:
@@ -217,25 +235,32 @@ class JobRunner:
         payload = self._payload
         return {**self.metrics, **(payload.metrics() if payload else {})}
 
+    @property
+    def _ref(self) -> JobRef:
+        assert self.ref is not None  # run() refuses a spec without a fence
+        return self.ref
+
     def _report(self, state: str, **fields: Any) -> str | None:
+        ref = self._ref
         with self._report_lock:
-            command = self.client.update_job(self.ref, state, metrics=self._current_metrics(),
+            command = self.client.update_job(ref, state, metrics=self._current_metrics(),
                                              **fields)
-        log.info("reported job %d attempt %d %s", self.ref.job_id, self.ref.attempt, state)
+        log.info("reported job %d attempt %d %s", ref.job_id, ref.attempt, state)
         return command
 
 
 def run_job(
-    client: PilotClient, spec: dict[str, Any], workdir: Path, *, kill_grace_s: float = 10.0
+    client: PilotClient, spec: JobSpec | Mapping[str, Any], workdir: Path, *,
+    kill_grace_s: float = 10.0,
 ) -> JobResult:
-    """Run one job (a wire.py JobSpec) in ``workdir`` and report it."""
+    """Run one job (a ``wire.JobSpec``, or its dict to parse) in ``workdir`` and report it."""
     return JobRunner(client, spec, workdir, kill_grace_s=kill_grace_s).run()
 
 
-def _check_names(spec: dict[str, Any]) -> None:
-    names = [f["lfn"] for key in ("inputs", "outputs") for f in spec.get(key) or []]
-    if spec.get("log"):
-        names.append(spec["log"]["lfn"])
+def _check_names(spec: JobSpec) -> None:
+    names = [f.lfn for f in [*spec.inputs, *spec.outputs]]
+    if spec.log is not None:
+        names.append(spec.log.lfn)
     bad = [n for n in names if not _plain_name(n)]
     if bad:
         raise _Failure("pilot", f"file names must be plain names: {bad}")

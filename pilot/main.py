@@ -28,12 +28,14 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
-from dawms.pilot.client import DEFAULT_GIVE_UP_S, ClientError, PilotClient
+from dawms.pilot.client import DEFAULT_GIVE_UP_S, ClientError, JobRef, PilotClient
 from dawms.pilot.job import JobRunner, Outcome
+from dawms.wire import WireError
 
 log = logging.getLogger("dawms.pilot.main")
 
@@ -148,8 +150,12 @@ class Pilot:
         log.info("pilot done: %s", dict(self.outcomes) or "no jobs")
         return 1 if self.stop_reason else 0
 
-    def _run_one(self, spec: dict) -> None:
-        jobdir = self.workdir / f"{spec['job_id']}.{spec['attempt']}"
+    def _run_one(self, spec: Mapping[str, Any]) -> None:
+        try:  # the job's own dir is named by its fence, once that is checked
+            ref: JobRef | None = JobRef.of(spec)
+        except WireError:
+            ref = None  # the runner refuses the job without touching the disk
+        jobdir = self.workdir / (f"{ref.job_id}.{ref.attempt}" if ref else "refused")
         runner = JobRunner(self.client, spec, jobdir, kill_grace_s=self.kill_grace_s)
         self._runner = runner
         if self._stop.is_set():
@@ -159,9 +165,12 @@ class Pilot:
         finally:
             self._runner = None
         self.outcomes[result.outcome] += 1
-        log.info("job %s attempt %s: %s %s", spec["job_id"], spec["attempt"], result.outcome,
+        log.info("job %s attempt %s: %s %s", ref.job_id if ref else "?",
+                 ref.attempt if ref else "?", result.outcome,
                  f"({result.error_category}: {result.error_diag})" if result.error_category
                  else "")
+        if result.outcome is Outcome.REFUSED:
+            return
         if result.outcome is Outcome.FINISHED:
             shutil.rmtree(jobdir, ignore_errors=True)
         else:

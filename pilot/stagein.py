@@ -1,7 +1,7 @@
 """Stage-in: bring every input of a job into its work dir, verified.
 
 Each input lists replica URLs ranked by the server. The queue's mover
-preferences (``spec["movers"]["read"]``) say which schemes this site may read
+preferences (``spec.movers.read``) say which schemes this site may read
 and in which order to fall back; within a scheme the server's order is kept.
 A replica that fails (unreachable, wrong size, wrong adler32) is skipped for
 the next one; when none works, ``StageInError`` lists every attempt.
@@ -14,9 +14,9 @@ import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from dawms.storage.movers import MoverError, get_mover, scheme_of
+from dawms.wire import InputFile, JobSpec
 
 log = logging.getLogger(__name__)
 
@@ -48,21 +48,20 @@ def order_urls(urls: Sequence[str], preferred: Sequence[str] | None) -> list[str
 
 
 def stage_in_file(
-    item: dict[str, Any], workdir: Path, preferred: Sequence[str] | None = None
+    item: InputFile, workdir: Path, preferred: Sequence[str] | None = None
 ) -> StagedFile:
-    """Copy one input (a wire.py input entry) to ``workdir/<lfn>``."""
-    lfn = item["lfn"]
+    """Copy one input of the job spec to ``workdir/<lfn>``."""
+    lfn = item.lfn
     if os.path.basename(lfn) != lfn or lfn in ("", ".", ".."):
         raise StageInError(f"{lfn!r}: an input name must be a plain file name")
     dst = workdir / lfn
-    urls = list(item.get("urls") or [])
+    urls = list(item.urls)
     candidates = order_urls(urls, preferred)
     attempts = [f"{u}: scheme not allowed by the queue ({', '.join(preferred or [])})"
                 for u in urls if u not in candidates]
     for url in candidates:
         try:
-            transfer = get_mover(url).get(url, dst, size=item.get("size"),
-                                          adler32=item.get("adler32"))
+            transfer = get_mover(url).get(url, dst, size=item.size, adler32=item.adler32)
         except MoverError as exc:
             log.warning("stage-in of %s from %s failed: %s", lfn, url, exc)
             attempts.append(f"{url}: {exc}")
@@ -75,12 +74,12 @@ def stage_in_file(
 
 
 def stage_in(
-    spec: dict[str, Any], workdir: Path, *, should_stop: Callable[[], bool] = lambda: False
+    spec: JobSpec, workdir: Path, *, should_stop: Callable[[], bool] = lambda: False
 ) -> list[StagedFile]:
     """Stage in every input of ``spec``; stop early if ``should_stop()`` turns true."""
-    preferred = (spec.get("movers") or {}).get("read")
+    preferred = spec.movers.read
     staged = []
-    for item in spec.get("inputs") or []:
+    for item in spec.inputs:
         if should_stop():
             raise StageInError("stage-in interrupted")
         staged.append(stage_in_file(item, workdir, preferred))

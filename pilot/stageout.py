@@ -1,10 +1,10 @@
 """Stage-out: copy a job's outputs and its log to their destination URLs.
 
 The server gives each output (and the log) one destination URL; the queue's
-mover preferences (``spec["movers"]["write"]`` for outputs, ``"log"`` falling
-back to ``"write"`` for the log) say which schemes this site may write. The
-result is what the final report carries: ``{lfn, type, size, adler32}`` of the
-bytes actually sent.
+mover preferences (``spec.movers.write`` for outputs, ``log`` falling back to
+``write`` for the log) say which schemes this site may write. The result is
+what the final report carries: a ``wire.OutputReport`` (lfn, type, size,
+adler32) of the bytes actually sent.
 """
 
 from __future__ import annotations
@@ -12,9 +12,9 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 from dawms.storage.movers import MoverError, get_mover, scheme_of
+from dawms.wire import JobSpec, OutputReport
 
 log = logging.getLogger(__name__)
 
@@ -25,7 +25,7 @@ class StageOutError(Exception):
 
 def stage_out_file(
     lfn: str, path: Path, url: str, file_type: str, allowed: Sequence[str] | None = None
-) -> dict[str, Any]:
+) -> OutputReport:
     """Put one local file to ``url``; return its report entry."""
     if allowed and scheme_of(url) not in {s.lower() for s in allowed}:
         raise StageOutError(f"{lfn}: destination {url} uses a scheme the queue may not write "
@@ -37,19 +37,17 @@ def stage_out_file(
     except MoverError as exc:
         raise StageOutError(f"{lfn}: {exc}") from exc
     log.info("staged out %s to %s (%d bytes, %.2f s)", lfn, url, transfer.size, transfer.seconds)
-    return {"lfn": lfn, "type": file_type, "size": transfer.size, "adler32": transfer.adler32}
+    return OutputReport(lfn=lfn, type=file_type, size=transfer.size, adler32=transfer.adler32)
 
 
-def stage_out_outputs(spec: dict[str, Any], workdir: Path) -> list[dict[str, Any]]:
+def stage_out_outputs(spec: JobSpec, workdir: Path) -> list[OutputReport]:
     """Put every output of ``spec`` from ``workdir``; the first failure raises."""
-    allowed = (spec.get("movers") or {}).get("write")
-    return [stage_out_file(o["lfn"], workdir / o["lfn"], o["url"], "out", allowed)
-            for o in spec.get("outputs") or []]
+    allowed = spec.movers.write
+    return [stage_out_file(o.lfn, workdir / o.lfn, o.url, "out", allowed) for o in spec.outputs]
 
 
-def stage_out_log(spec: dict[str, Any], tarball: Path) -> dict[str, Any]:
-    """Put the log tarball to ``spec["log"]["url"]``."""
-    movers = spec.get("movers") or {}
-    allowed = movers.get("log") or movers.get("write")
-    entry = spec["log"]
-    return stage_out_file(entry["lfn"], tarball, entry["url"], "log", allowed)
+def stage_out_log(spec: JobSpec, tarball: Path) -> OutputReport:
+    """Put the log tarball to ``spec.log.url``."""
+    if spec.log is None:
+        raise StageOutError("the job has no log destination")
+    return stage_out_file(spec.log.lfn, tarball, spec.log.url, "log", spec.movers.for_log())

@@ -20,7 +20,7 @@ from dawms.catalog.db import Database
 from dawms.catalog.models import DataRequest, Job, JobFile, Queue, StorageEndpoint
 from dawms.catalog.states import Entity, JobState, RequestState
 from dawms.catalog.transition import transition_many
-from dawms.ddm_bridge.abc import DDM
+from dawms.ddm_bridge.abc import DDM, Ran
 
 from .config import SchedulerConfig
 from .dispatch import available_disk_replicas, build_specs
@@ -32,8 +32,12 @@ DEAD = (RequestState.FAILED, RequestState.CANCELLED)
 
 
 def run_once(db: Database, ddm: DDM, cfg: SchedulerConfig, now: datetime | None = None,
-             request_ids: list[int] | None = None) -> int:
-    """Activate the assigned jobs whose inputs arrived; returns how many."""
+             request_ids: list[int] | None = None) -> Ran:
+    """Activate the assigned jobs whose inputs arrived; returns how many.
+
+    Full when it looked at ``cfg.activator_bunch`` jobs and activated or failed some:
+    jobs still waiting for their inputs are looked at again every run.
+    """
     now = now or datetime.now(UTC)
     with db.session() as s:
         query = select(Job.id, Job.queue_id, Job.task_id).where(Job.state == JobState.ASSIGNED)
@@ -42,7 +46,7 @@ def run_once(db: Database, ddm: DDM, cfg: SchedulerConfig, now: datetime | None 
                                            .where(JobFile.request_id.in_(request_ids))))
         rows = s.execute(query.order_by(Job.id).limit(cfg.activator_bunch)).all()
         if not rows:
-            return 0
+            return Ran(0, full=False)
         jobs = {job_id: queue_id for job_id, queue_id, _ in rows}
         task_of = {job_id: task_id for job_id, _, task_id in rows}
         endpoints = {e.name: e for e in s.scalars(select(StorageEndpoint))}
@@ -90,4 +94,5 @@ def run_once(db: Database, ddm: DDM, cfg: SchedulerConfig, now: datetime | None 
                                  values={"error_category": "ddm",
                                          "error_diag": "input replication failed"}, now=now)
         retry_failed(s, failed, now)
-        return len(moved)
+        return Ran(len(moved), full=len(rows) >= cfg.activator_bunch
+                   and len(moved) + len(failed) > 0)

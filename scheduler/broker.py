@@ -36,7 +36,7 @@ from dawms.catalog.models import (
 )
 from dawms.catalog.states import TASK_FINAL, Entity, JobState, QueueStatus, TaskState
 from dawms.catalog.transition import transition_many
-from dawms.ddm_bridge.abc import DDM
+from dawms.ddm_bridge.abc import DDM, Ran
 
 from .config import SchedulerConfig
 from .dispatch import available_disk_replicas, build_specs
@@ -111,16 +111,23 @@ def _loads(session, queue_ids: list[int]) -> dict[int, QueueLoad]:
 
 
 def run_once(db: Database, ddm: DDM, cfg: SchedulerConfig,
-             now: datetime | None = None) -> int:
-    """Broker one bunch of defined (and waiting) jobs; returns how many got a queue."""
+             now: datetime | None = None) -> Ran:
+    """Broker one bunch of defined (and waiting) jobs; returns how many got a queue.
+
+    Full when it took ``cfg.broker_bunch`` jobs and moved at least one of them on (a
+    queue, ``waiting``, or ``closed``): waiting jobs that still fit nowhere are taken
+    again every run, so a bunch of only those must not count as full.
+    """
     now = now or datetime.now(UTC)
     with db.session() as s:
         jobs = list(s.scalars(select(Job).where(Job.state.in_([JobState.DEFINED,
                                                                 JobState.WAITING]))
                               .order_by(Job.priority.desc(), Job.id).limit(cfg.broker_bunch)))
         if not jobs:
-            return 0
+            return Ran(0, full=False)
+        taken = len(jobs)
         jobs = _drop_jobs_of_ended_tasks(s, jobs, now)
+        moved_on = taken - len(jobs)
         endpoints = {e.name: e for e in s.scalars(select(StorageEndpoint))}
         queues = [q for q in s.scalars(select(Queue).order_by(Queue.name))
                   if q.status == QueueStatus.ONLINE]
@@ -178,10 +185,12 @@ def run_once(db: Database, ddm: DDM, cfg: SchedulerConfig,
                 by_reason[unplaced[job.id]].append(job.id)
         for reason, ids in by_reason.items():
             log.warning("%d jobs wait: %s", len(ids), reason)
-            transition_many(s, Entity.JOB, ids, JobState.WAITING, expected=JobState.DEFINED,
-                            actor=ACTOR, reason=reason, now=now)
+            moved_on += len(transition_many(s, Entity.JOB, ids, JobState.WAITING,
+                                            expected=JobState.DEFINED, actor=ACTOR,
+                                            reason=reason, now=now))
         _tasks_ready(s, {j.task_id for j in jobs}, now)
-        return len(choice)
+        moved_on += len(choice)
+        return Ran(len(choice), full=taken >= cfg.broker_bunch and moved_on > 0)
 
 
 def _drop_jobs_of_ended_tasks(s, jobs: list[Job], now: datetime) -> list[Job]:

@@ -14,8 +14,9 @@ class SchedulerConfig:
     waiting_timeout_s: int = 14400  # no queue could take it (PanDA: defined 4 h)
     assigned_timeout_s: int = 43200  # its inputs did not arrive (PanDA: 12 h)
     activated_timeout_s: int = 172800  # no pilot took it (PanDA: 2 d)
-    broker_bunch: int = 500  # jobs brokered per cycle
-    activator_bunch: int = 2000
+    refiner_bunch: int = 20  # tasks refined per run
+    broker_bunch: int = 500  # jobs brokered per run
+    activator_bunch: int = 2000  # assigned jobs looked at per run
     default_max_attempts: int = 3
     interval_s: float = 30.0  # periodic safety net for every daemon
 

@@ -2,8 +2,10 @@
 
 Built once when a job is activated and stored on the job row, so the claim path
 is a single UPDATE ... RETURNING with no joins (see DESIGN.md, "Concurrency and
-scale"). Inputs list replica URLs local to the queue first, then other disk
-replicas as fallbacks; outputs go to the queue's write endpoint.
+scale"). The description is a ``dawms.wire.JobSpec`` record, the one the pilot
+parses; the row keeps its ``to_dict()``. Inputs list replica URLs local to the
+queue first, then other disk replicas as fallbacks; outputs go to the queue's
+write endpoint.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from sqlalchemy.orm import Session
 from dawms.catalog.models import File, Job, JobFile, Queue, Replica, StorageEndpoint, Task
 from dawms.catalog.states import ReplicaState
 from dawms.ddm_bridge.abc import DDM
+from dawms.wire import InputFile, JobSpec, Movers, OutputSpec
 
 from .naming import job_name
 
@@ -38,7 +41,15 @@ def available_disk_replicas(session: Session, file_ids: set[int]) -> dict[int, l
 
 def build_specs(session: Session, job_queue: dict[int, int], ddm: DDM,
                 heartbeat_s: int) -> dict[int, dict[str, Any]]:
-    """The pilot's job description for each ``job id -> queue id``."""
+    """The pilot's job description for each ``job id -> queue id``, in the form the job
+    row stores (``JobSpec.to_dict()``; the claim fills in the lease)."""
+    return {i: spec.to_dict() for i, spec in job_specs(session, job_queue, ddm,
+                                                         heartbeat_s).items()}
+
+
+def job_specs(session: Session, job_queue: dict[int, int], ddm: DDM,
+              heartbeat_s: int) -> dict[int, JobSpec]:
+    """The pilot's job description, as a record, for each ``job id -> queue id``."""
     if not job_queue:
         return {}
     ids = list(job_queue)
@@ -61,28 +72,28 @@ def build_specs(session: Session, job_queue: dict[int, int], ddm: DDM,
         task, queue = tasks[job.task_id], queues[job_queue[job.id]]
         local = [by_name[n].id for n in queue.read_endpoints if n in by_name]
         write = by_name[queue.write_endpoint]
-        inputs, outputs, log = [], [], None
+        inputs: list[InputFile] = []
+        outputs: list[OutputSpec] = []
+        log: OutputSpec | None = None
         for jf, f in job_files[job.id]:
             if jf.type == "in" and f is not None:
                 held = where.get(f.id, [])
                 order = [e for e in local if e in held] + [e for e in held if e not in local]
-                inputs.append({"scope": f.scope, "lfn": f.name, "size": f.size,
-                               "adler32": f.adler32, "guid": f.guid, "dataset": jf.dataset,
-                               "urls": [ddm.pfn(by_id[e], f.scope, f.name) for e in order]})
+                inputs.append(InputFile(
+                    scope=f.scope, lfn=f.name, size=f.size, adler32=f.adler32, guid=f.guid,
+                    dataset=jf.dataset, urls=[ddm.pfn(by_id[e], f.scope, f.name) for e in order]))
             else:
-                entry = {"scope": jf.scope, "lfn": jf.lfn, "dataset": jf.dataset,
-                         "url": ddm.pfn(write, jf.scope, jf.lfn)}
+                entry = OutputSpec(scope=jf.scope, lfn=jf.lfn, dataset=jf.dataset,
+                                   url=ddm.pfn(write, jf.scope, jf.lfn))
                 if jf.type == "log":
                     log = entry
                 else:
                     outputs.append(entry)
-        specs[job.id] = {
-            "job_id": job.id, "attempt": job.attempt, "task_id": task.id,
-            "job_name": job_name(task.name, task.id, job.job_index),
-            "transformation": task.transformation, "cores": job.cores,
-            "memory_mb": job.memory_mb, "walltime_s": job.walltime_s, "disk_mb": job.disk_mb,
-            "heartbeat_s": heartbeat_s, "queue": queue.name, "endpoint_out": write.name,
-            "inputs": inputs, "outputs": outputs, "log": log,
-            "movers": queue.movers or {"read": ["file"], "write": ["file"]},
-        }
+        specs[job.id] = JobSpec(
+            job_id=job.id, attempt=job.attempt, task_id=task.id,
+            job_name=job_name(task.name, task.id, job.job_index),
+            transformation=task.transformation, cores=job.cores,
+            memory_mb=job.memory_mb, walltime_s=job.walltime_s, disk_mb=job.disk_mb,
+            heartbeat_s=heartbeat_s, queue=queue.name, endpoint_out=write.name,
+            inputs=inputs, outputs=outputs, log=log, movers=Movers.of_queue(queue.movers))
     return specs

@@ -3,7 +3,7 @@
 A job nobody runs yet (``defined`` ... ``activated``) is ``cancelled`` at once.
 A job a pilot holds gets the command ``tobekilled``: the next heartbeat reply
 carries it, the pilot kills the payload and reports ``failed``, and the server
-records the job as ``cancelled`` (see ``job.pilot_update``); it is never retried.
+records the job as ``cancelled`` (see ``report.pilot_update``); it is never retried.
 Killing a task aborts it and kills every job of it that has not ended.
 """
 
@@ -19,8 +19,9 @@ from sqlalchemy.orm import Session
 from dawms.catalog.models import Job, Task
 from dawms.catalog.states import JOB_QUEUED, JOB_WITH_PILOT, TASK_FINAL, Entity, JobState, TaskState
 from dawms.catalog.transition import transition_many
+from dawms.wire import Command
 
-KILL = "tobekilled"
+KILL = Command.KILL.value  # the command string lives in dawms.wire, once
 
 
 def kill_jobs(session: Session, job_ids: Iterable[int], *, actor: str, reason: str = "",

@@ -16,7 +16,7 @@ from dawms.catalog.db import Database
 from dawms.catalog.models import File, Task
 from dawms.catalog.states import Entity, TaskState
 from dawms.catalog.transition import transition, transition_many
-from dawms.ddm_bridge.abc import DDM, DDMError
+from dawms.ddm_bridge.abc import DDM, DDMError, Ran
 
 from .generate import Piece, create_jobs
 from .split import split_files
@@ -25,8 +25,9 @@ log = logging.getLogger(__name__)
 ACTOR = "scheduler:refiner"
 
 
-def run_once(db: Database, ddm: DDM, now: datetime | None = None, *, limit: int = 20) -> int:
-    """Refine up to ``limit`` registered tasks; returns how many jobs were created."""
+def run_once(db: Database, ddm: DDM, now: datetime | None = None, *, limit: int = 20) -> Ran:
+    """Refine up to ``limit`` registered tasks; returns how many jobs were created,
+    full when it took ``limit`` tasks (each leaves ``registered``: defined or broken)."""
     now = now or datetime.now(UTC)
     with db.session() as s:
         ids = list(s.scalars(select(Task.id).where(Task.state == TaskState.REGISTERED)
@@ -42,7 +43,7 @@ def run_once(db: Database, ddm: DDM, now: datetime | None = None, *, limit: int 
                 transition_many(s, Entity.TASK, [task_id], TaskState.BROKEN,
                                 expected=TaskState.REGISTERED, actor=ACTOR, reason=reason,
                                 values={"error": reason}, now=now)
-    return created
+    return Ran(created, full=len(ids) == limit)
 
 
 def _refine(db: Database, ddm: DDM, task_id: int, now: datetime) -> int:

@@ -12,6 +12,7 @@ the ``failed`` report that follows a kill makes the job ``cancelled``.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -19,28 +20,12 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from dawms.catalog.models import Job, JobFile, StorageEndpoint, Task
-from dawms.catalog.states import JOB_FINAL, Entity, JobState
+from dawms.catalog.states import JOB_FINAL, PILOT_REPORT_PATHS, PILOT_REPORTABLE, Entity, JobState
 from dawms.catalog.transition import StaleState, transition
 from dawms.ddm_bridge.abc import DDM, FileInfo, RegistrationError
+from dawms.wire import Command, JobReport, WireError
 
-from .kill import KILL
 from .retry import retry_failed
-
-REPORTABLE = {JobState.STARTING, JobState.RUNNING, JobState.HOLDING, JobState.TRANSFERRING,
-              JobState.FINISHED, JobState.FAILED}
-# how a report's state is reached from the job's current one (each step logged)
-PATHS: dict[tuple[str, str], list[JobState]] = {
-    ("sent", "starting"): [JobState.STARTING],
-    ("sent", "running"): [JobState.RUNNING],
-    ("starting", "running"): [JobState.RUNNING],
-    ("sent", "finished"): [JobState.RUNNING, JobState.HOLDING],
-    ("starting", "finished"): [JobState.RUNNING, JobState.HOLDING],
-    ("running", "finished"): [JobState.HOLDING],
-    ("running", "holding"): [JobState.HOLDING],
-    ("running", "transferring"): [JobState.TRANSFERRING],
-    ("holding", "finished"): [],
-    ("transferring", "finished"): [],
-}
 
 
 class StaleReport(Exception):
@@ -69,22 +54,29 @@ def _fenced(session: Session, job_id: int, attempt: int, token: str,
     return job
 
 
-def pilot_update(session: Session, ddm: DDM, report: dict[str, Any],
+def parse_report(report: JobReport | Mapping[str, Any]) -> JobReport:
+    """The report as a record; ``BadReport`` if it is malformed (nothing changed)."""
+    if isinstance(report, JobReport):
+        return report
+    try:
+        return JobReport.from_dict(report)
+    except WireError as exc:
+        raise BadReport(f"{exc}; a pilot may report "
+                        f"{', '.join(sorted(s.value for s in PILOT_REPORTABLE))}") from None
+
+
+def pilot_update(session: Session, ddm: DDM, report: JobReport | Mapping[str, Any],
                  now: datetime | None = None) -> dict[str, Any]:
     """Apply one pilot report; returns the reply data (``{"command": ...}``)."""
     now = now or datetime.now(UTC)
-    try:
-        job_id, attempt = int(report["job_id"]), int(report["attempt"])
-        token, state = str(report["lease_token"]), JobState(report["state"])
-    except (KeyError, TypeError, ValueError) as exc:
-        raise BadReport(f"a report needs job_id, attempt, lease_token and a state: {exc}") \
-            from None
-    if state not in REPORTABLE:
-        raise BadReport(f"a pilot may not report {state.value}; it may report "
-                        f"{sorted(s.value for s in REPORTABLE)}")
+    report = parse_report(report)
+    job_id, attempt, token = report.job_id, report.attempt, report.lease_token
+    state = JobState(report.state)
+    if state not in PILOT_REPORTABLE:  # the record's choices come from this table
+        raise BadReport(f"a pilot may not report {state.value}")
     job = _fenced(session, job_id, attempt, token,
                   lock_task=state in (JobState.FAILED, JobState.FINISHED))
-    metrics = {**(job.metrics or {}), **(report.get("metrics") or {})}
+    metrics = {**(job.metrics or {}), **report.metrics}
     session.execute(update(Job).where(Job.id == job.id)
                     .values(heartbeat_at=now, metrics=metrics))
     actor = f"pilot:{job.pilot_id}"
@@ -100,48 +92,46 @@ def pilot_update(session: Session, ddm: DDM, report: dict[str, Any],
 
     current = job.state
     reply = {"command": job.command}
-    if state == JobState.FAILED:
-        try:  # a failed job's log is welcome, but its failure is recorded regardless
-            _register(session, ddm, job, report, types=("log",), required=False)
-        except RegistrationError as exc:
-            report = {**report, "error_diag": f"{report.get('error_diag', '')} "
-                                              f"(log not registered: {exc})".strip()}
-        killed = job.command == KILL  # the pilot obeyed a kill: cancelled, never retried
-        step(current, JobState.CANCELLED if killed else JobState.FAILED,
-             "killed on request" if killed else report.get("error_diag", "")[:500],
-             exit_code=report.get("exit_code"),
-             error_category="killed" if killed
-             else str(report.get("error_category") or "pilot")[:32],
-             error_diag=str(report.get("error_diag", ""))[:4000])
-        if not killed:
-            retry_failed(session, [job.id], now)
-        return reply
-    if state == current:
-        return reply  # a heartbeat
-    path = PATHS.get((current, state.value))
+    path = PILOT_REPORT_PATHS.get((JobState(current), state))
     if path is None:
         raise StaleReport(f"job {job_id} is {current}; a report of {state.value} does not "
                           "follow from it")
-    for dst in path:
+    if state == JobState.FAILED:
+        diag = report.error_diag
+        try:  # a failed job's log is welcome, but its failure is recorded regardless
+            _register(session, ddm, job, report, types=("log",), required=False)
+        except RegistrationError as exc:
+            diag = f"{diag} (log not registered: {exc})".strip()
+        killed = job.command == Command.KILL  # the pilot obeyed a kill: cancelled, never retried
+        step(current, JobState.CANCELLED if killed else JobState.FAILED,
+             "killed on request" if killed else diag[:500],
+             exit_code=report.exit_code,
+             error_category="killed" if killed else (report.error_category or "pilot"),
+             error_diag=diag[:4000])
+        if not killed:
+            retry_failed(session, [job.id], now)
+        return reply
+    last = len(path) - 1 if state == JobState.FINISHED else len(path)
+    for dst in path[:last]:
         current = step(current, dst, "reported by the pilot",
                        **({"started_at": now} if dst == JobState.RUNNING else {}))
     if state == JobState.FINISHED:
         try:
             _register(session, ddm, job, report, types=("out", "log"), required=True)
         except RegistrationError as exc:
-            step(current, JobState.FAILED, str(exc), exit_code=report.get("exit_code"),
+            step(current, JobState.FAILED, str(exc), exit_code=report.exit_code,
                  error_category="stageout", error_diag=str(exc)[:4000])
             retry_failed(session, [job.id], now)
             return reply
-        step(current, JobState.FINISHED, "outputs registered",
-             exit_code=report.get("exit_code", 0))
+        step(current, path[-1], "outputs registered",
+             exit_code=report.exit_code if report.exit_code is not None else 0)
     return reply
 
 
-def _register(session: Session, ddm: DDM, job: Job, report: dict[str, Any],
+def _register(session: Session, ddm: DDM, job: Job, report: JobReport,
               types: tuple[str, ...], required: bool) -> None:
     """Register the reported outputs of ``types``; if ``required``, all must be there."""
-    reported = {o.get("lfn"): o for o in report.get("outputs") or [] if isinstance(o, dict)}
+    reported = {o.lfn: o for o in report.outputs}
     files = list(session.scalars(select(JobFile).where(JobFile.job_id == job.id,
                                                        JobFile.type.in_(types))))
     endpoint = session.scalar(select(StorageEndpoint).where(
@@ -153,13 +143,8 @@ def _register(session: Session, ddm: DDM, job: Job, report: dict[str, Any],
             if not required:
                 continue  # e.g. a failed job's log: welcome, not owed
             raise RegistrationError(f"the pilot did not report output {jf.lfn}")
-        try:
-            info = FileInfo(scope=jf.scope, name=jf.lfn, size=int(out["size"]),
-                            adler32=str(out["adler32"]).lower())
-        except (KeyError, TypeError, ValueError):
-            raise RegistrationError(f"output {jf.lfn} needs size and adler32") from None
-        if len(info.adler32) != 8 or any(c not in "0123456789abcdef" for c in info.adler32):
-            raise RegistrationError(f"output {jf.lfn}: adler32 {info.adler32!r} is not 8 hex")
+        # the record checked size and adler32 (8 hex digits)
+        info = FileInfo(scope=jf.scope, name=jf.lfn, size=out.size, adler32=out.adler32.lower())
         by_dataset.setdefault(jf.dataset, []).append((jf, info))
     if by_dataset and endpoint is None:
         raise RegistrationError(f"job {job.id} has no output endpoint")

@@ -1,9 +1,10 @@
 """Request body limits, enforced before a byte is parsed, declared in the OpenAPI document.
 
 A route says which limit it takes with ``openapi_extra=body_limit("bulk")``
-(default: ``default``); ``table`` turns the names into the configured byte
-counts when the app is made and ``document`` writes them into each operation of
-the OpenAPI document as ``x-max-body-bytes``. ``BodyLimit`` (pure ASGI) refuses a declared
+(default: ``default``; ``rucio`` is the hermes parser's own bound, not a setting);
+``table`` turns the names into the configured byte counts when the app is made
+and ``document`` writes them into each operation of the OpenAPI document as
+``x-max-body-bytes``. ``BodyLimit`` (pure ASGI) refuses a declared
 ``Content-Length`` over the limit at once and counts streamed bodies, so a
 chunked upload cannot slip past it either: 413 in the envelope.
 """
@@ -16,6 +17,8 @@ from typing import Any
 from fastapi import FastAPI, HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from dawms.ddm_bridge.rucio.messages import MAX_BODY_BYTES as RUCIO_BODY_BYTES
+
 from .routes import RouteInfo, api_routes
 from .settings import ServerSettings
 
@@ -24,13 +27,15 @@ BYTES_KEY = "x-max-body-bytes"
 
 
 def body_limit(kind: str) -> dict[str, Any]:
-    """``openapi_extra`` for a route taking the ``kind`` limit (default, bulk, ddm)."""
+    """``openapi_extra`` for a route taking the ``kind`` limit (default, bulk, ddm, rucio)."""
     return {KIND_KEY: kind}
 
 
 def limits_of(settings: ServerSettings) -> dict[str, int]:
+    """Bytes per limit name. ``rucio`` is not a setting: it is the bound the hermes
+    message parser itself enforces, so the two can never disagree."""
     return {"default": settings.max_body_bytes, "bulk": settings.max_bulk_body_bytes,
-            "ddm": settings.max_ddm_body_bytes}
+            "ddm": settings.max_ddm_body_bytes, "rucio": RUCIO_BODY_BYTES}
 
 
 def table(app: FastAPI, settings: ServerSettings) -> list[tuple[RouteInfo, int]]:

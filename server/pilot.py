@@ -1,7 +1,11 @@
 """The pilot endpoints: acquire jobs, update a job, update jobs in bulk.
 
 ``acquire_jobs`` is the hot path: one claim statement returning the dispatch
-data prepared at activation, no ORM object graph. Updates are fenced by
+data prepared at activation (a stored ``dawms.wire.JobSpec``, completed with
+the claim's attempt and lease), no ORM object graph. Reports are checked
+against the wire records (``dawms.wire.JobReport``) the pilot builds; the
+pydantic models of ``schemas.py`` agree with them and make the OpenAPI
+document. Updates are fenced by
 ``(job_id, attempt, lease_token)``: a stale one gets 409 and changes nothing.
 In a bulk update each report stands alone: one that is stale, malformed, refused
 by the DDM or by the database is answered for itself and rolled back alone.
@@ -21,6 +25,7 @@ from dawms.catalog.states import JOB_QUEUED, QUEUE_SERVED
 from dawms.catalog.transition import claim_jobs
 from dawms.ddm_bridge.abc import DDMError
 from dawms.scheduler.report import StaleReport, pilot_update
+from dawms.wire import BulkResult, JobReport
 
 from .auth import PILOT, Forbidden, check_queue, foreign_jobs
 from .envelope import DB_ERRORS, NotFound, db_error, ok
@@ -59,6 +64,8 @@ def acquire_jobs(body: AcquireJobs, request: Request,
         if not rows:
             pending = s.scalar(select(func.count()).select_from(Job).where(
                 Job.queue_id == queue_id, Job.state.in_(list(JOB_QUEUED)))) or 0
+    # the stored JobSpec.to_dict() with the claim's fence (JobSpec.claimed, without
+    # parsing the stored spec again on the hot path)
     jobs = [{**spec, "job_id": job_id, "attempt": attempt, "lease_token": token}
             for job_id, attempt, token, spec in rows]
     return ok({"jobs": jobs, "pending": pending})
@@ -66,7 +73,8 @@ def acquire_jobs(body: AcquireJobs, request: Request,
 
 def _apply(request: Request, update: JobUpdate) -> dict[str, Any]:
     with request.app.state.db.session() as s:
-        return pilot_update(s, request.app.state.ddm, update.model_dump(), datetime.now(UTC))
+        return pilot_update(s, request.app.state.ddm, JobReport.from_dict(update.model_dump()),
+                            datetime.now(UTC))
 
 
 @router.post("/update_job", response_model=Envelope)
@@ -90,11 +98,13 @@ def update_jobs_bulk(body: JobUpdates, request: Request,
                             "message": "not of a queue this token is bound to"})
             continue
         try:
-            results.append({"job_id": update.job_id, "success": True, **_apply(request, update)})
-        except (StaleReport, ValueError, DDMError) as exc:
-            results.append({"job_id": update.job_id, "success": False, "message": str(exc),
-                            "stale": isinstance(exc, StaleReport)})
+            result = BulkResult(job_id=update.job_id, success=True,
+                                **_apply(request, update))
+        except (StaleReport, ValueError, DDMError) as exc:  # WireError is a ValueError
+            result = BulkResult(job_id=update.job_id, success=False, message=str(exc)[:4000],
+                                stale=isinstance(exc, StaleReport))
         except DB_ERRORS as exc:
-            results.append({"job_id": update.job_id, "success": False,
-                            "message": db_error(exc), "stale": False})
+            result = BulkResult(job_id=update.job_id, success=False,
+                                message=db_error(exc)[:4000])
+        results.append(result.to_dict())
     return ok(results)

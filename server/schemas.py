@@ -1,20 +1,24 @@
-"""Request and reply bodies of the HTTP API (they make the OpenAPI document)."""
+"""Request and reply bodies of the HTTP API (they make the OpenAPI document).
+
+The pilot's bodies are ``dawms.wire`` records on the wire; the models here
+describe the same fields with the same bounds for FastAPI and OpenAPI
+(tests/test_wire.py checks, field by field, that they agree).
+"""
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
+
+from dawms.wire import ERROR_CATEGORIES, REPORTABLE_STATES
+from dawms.wire import job as wire_job
+from dawms.wire import reports as wire_reports
 
 # ids, attempts and sizes must fit the catalog's BIGINT (the widest integer column);
 # strings are bounded by their columns (catalog/models.py)
 INT64_MAX = 2**63 - 1
 Id = Annotated[int, Field(ge=1, le=INT64_MAX)]
-# pilot metrics: a flat, bounded dict of numbers (cpu, wall, max RSS, bytes) or short texts
-MetricName = Annotated[str, Field(min_length=1, max_length=64)]
-MetricValue = (Annotated[int, Field(ge=-INT64_MAX, le=INT64_MAX)]
-               | Annotated[float, Field(allow_inf_nan=False)] | bool
-               | Annotated[str, Field(max_length=256)] | None)
 
 
 class Envelope(BaseModel):
@@ -25,33 +29,56 @@ class Envelope(BaseModel):
     data: Any = None
 
 
-class AcquireJobs(BaseModel):
-    queue: str = Field(max_length=128, description="the queue the pilot serves")
-    pilot_id: str = Field(max_length=255, description="who asks: host, pid, a unique id")
-    n_jobs: int = Field(1, ge=1, le=100)
+class _PilotBody(BaseModel):
+    """A pilot's body: as strict as its ``dawms.wire`` record (no unknown fields)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
 
 
-class OutputFile(BaseModel):
-    lfn: str = Field(max_length=255)
-    type: str = Field("out", max_length=8)
+class AcquireJobs(_PilotBody):
+    """``wire.AcquireRequest``."""
+
+    queue: str = Field(min_length=1, max_length=128, description="the queue the pilot serves")
+    pilot_id: str = Field(min_length=1, max_length=255,
+                          description="who asks: host, pid, a unique id")
+    n_jobs: int = Field(1, ge=1, le=wire_reports.ACQUIRE_MAX)
+
+
+class OutputFile(_PilotBody):
+    """``wire.OutputReport``."""
+
+    lfn: str = Field(min_length=1, max_length=wire_job.NAME_MAX)
+    type: Literal["out", "log"] = "out"
     size: int = Field(ge=0, le=INT64_MAX)
-    adler32: str = Field(pattern=r"^[0-9a-fA-F]{8}$")
+    adler32: str = Field(pattern=f"^{wire_job.ADLER32}$")
 
 
-class JobUpdate(BaseModel):
+MetricName = Annotated[str, Field(min_length=1, max_length=64)]
+# a number (an int stays an int, as the record keeps it)
+Metric = Annotated[int | float, Field(ge=-wire_reports.METRIC_MAX, le=wire_reports.METRIC_MAX,
+                                      allow_inf_nan=False)]
+
+
+class JobUpdate(_PilotBody):
+    """``wire.JobReport``."""
+
     job_id: Id
-    attempt: Id
-    lease_token: str = Field(max_length=64)
-    state: str = Field(max_length=16)
-    metrics: dict[MetricName, MetricValue] = Field(default_factory=dict, max_length=64)
+    attempt: int = Field(ge=1, le=2**31 - 1)
+    lease_token: str = Field(min_length=1, max_length=wire_reports.LEASE_MAX)
+    state: Literal[REPORTABLE_STATES]  # type: ignore[valid-type]
+    metrics: dict[MetricName, Metric] = Field(default_factory=dict,
+                                              max_length=wire_reports.METRICS_MAX)
     exit_code: int | None = Field(None, ge=-(2**31), le=2**31 - 1)
-    error_category: str = Field("", max_length=32)
-    error_diag: str = Field("", max_length=4000)
-    outputs: list[OutputFile] = Field(default_factory=list, max_length=1000)
+    error_category: Literal[("", *ERROR_CATEGORIES)] = ""  # type: ignore[valid-type]
+    error_diag: str = Field("", max_length=wire_reports.DIAG_MAX)
+    outputs: list[OutputFile] = Field(default_factory=list,
+                                      max_length=wire_job.FILES_MAX + 1)
 
 
-class JobUpdates(BaseModel):
-    updates: list[JobUpdate] = Field(max_length=1000)
+class JobUpdates(_PilotBody):
+    """``wire.BulkUpdate``."""
+
+    updates: list[JobUpdate] = Field(max_length=wire_reports.BULK_MAX)
 
 
 class DDMEventIn(BaseModel):

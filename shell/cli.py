@@ -87,12 +87,16 @@ def cmd_server(args: argparse.Namespace, st: Settings) -> int:
     db.upgrade()
     app = create_app(db, get_ddm(st.ddm), SchedulerConfig.from_env(),
                      with_scheduler=args.scheduler, settings=server_settings)
-    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level,
-                access_log=False)
+    try:  # with --no-scheduler on PostgreSQL, commits still NOTIFY schedulers elsewhere
+        uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level,
+                    access_log=False)
+    finally:
+        db.dispose()
     return 0
 
 
 def cmd_scheduler(args: argparse.Namespace, st: Settings) -> int:
+    import signal
     import threading
 
     from dawms.catalog.db import Database
@@ -105,14 +109,18 @@ def cmd_scheduler(args: argparse.Namespace, st: Settings) -> int:
     sched = Scheduler(db, get_ddm(st.ddm), SchedulerConfig.from_env())
     if args.once:
         sched.run_all_once()
+        db.dispose()
         return 0
-    sched.start()
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())  # a clean stop gives the leases back
+    sched.start()  # hears the commits of every process on the catalog (LISTEN/NOTIFY on PG)
     try:
-        threading.Event().wait()
+        stop.wait()
     except KeyboardInterrupt:
         pass
     finally:
         sched.stop()
+        db.dispose()
     return 0
 
 
@@ -158,11 +166,12 @@ def cmd_data_upload(args: argparse.Namespace, st: Settings) -> int:
     from dawms.catalog.db import Database
     from dawms.catalog.models import StorageEndpoint
     from dawms.catalog.names import split_did
-    from dawms.ddm_bridge.abc import RegistrationError
-    from dawms.ddm_bridge.local import LocalDDM
+    from dawms.ddm_bridge import get_ddm
+    from dawms.ddm_bridge.abc import DDMError
 
     try:
         split_did(args.dataset)
+        ddm = get_ddm(st.ddm)  # the configured backend (DAWMS_DDM), never a fixed one
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -174,12 +183,12 @@ def cmd_data_upload(args: argparse.Namespace, st: Settings) -> int:
             if ep is None:
                 print(f"error: no endpoint {args.endpoint}", file=sys.stderr)
                 return 2
-            files = LocalDDM().upload(s, args.dataset, args.files, ep)
+            files = ddm.upload(s, args.dataset, args.files, ep)
     except OSError as exc:
         where = f"{exc.filename}: " if exc.filename else ""
         print(f"error: {where}{exc.strerror or exc}; nothing was registered", file=sys.stderr)
         return 2
-    except RegistrationError as exc:
+    except DDMError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(f"{len(files)} files in {args.dataset} at {args.endpoint}")
@@ -409,7 +418,8 @@ def build_parser() -> argparse.ArgumentParser:
     sy.add_argument("--json", action="store_true")
     sy.set_defaults(fn=cmd_sites_sync)
 
-    data = sub.add_parser("data", help="the local DDM").add_subparsers(dest="sub", required=True)
+    data = sub.add_parser("data", help="data in the configured DDM (DAWMS_DDM)")
+    data = data.add_subparsers(dest="sub", required=True)
     up = data.add_parser("upload", help="copy files to an endpoint and register them")
     up.add_argument("dataset", help="scope:name")
     up.add_argument("files", nargs="+")

@@ -9,6 +9,8 @@ every output is registered with size and adler32 that match the bytes on disk.
 Auth stays on: the demo issues its own tokens in its catalog (a production token
 for itself, written to ``<dir>/token`` for the CLI, and a factory token with
 which it obtains each queue's pilot token from the server, as a factory does).
+Data goes through the configured DDM backend (``DAWMS_DDM``, ``local`` unless set)
+and every URL comes from its ``pfn()``: the demo knows no backend by name.
 """
 
 from __future__ import annotations
@@ -93,7 +95,9 @@ def _setup(root: Path, say: Callable[[str], None]) -> tuple[dict[str, Any], int]
     from dawms.catalog.db import Database
     from dawms.catalog.models import StorageEndpoint
     from dawms.catalog.site_config import load, sync
-    from dawms.ddm_bridge.local import LocalDDM
+    from dawms.ddm_bridge import get_ddm
+
+    from .settings import Settings
 
     (root / "sites.toml").write_text(_sites_toml(root))
     db = Database(os.environ["DAWMS_DB_URL"])
@@ -102,7 +106,7 @@ def _setup(root: Path, say: Callable[[str], None]) -> tuple[dict[str, Any], int]
         changes = sync(s, load(root / "sites.toml"), actor="demo", source="sites.toml")
     say(f"sites: {len(changes)} changes applied from {root / 'sites.toml'}")
     rnd = random.Random(42)
-    ddm, n_files = LocalDDM(), 0
+    ddm, n_files = get_ddm(Settings.from_env().ddm), 0
     for letter, site in (("A", "SITE_A_DISK"), ("B", "SITE_B_DISK")):
         src = root / "generated" / letter
         src.mkdir(parents=True)
@@ -185,23 +189,26 @@ def _verify_outputs(db_url: str) -> tuple[int, list[str]]:
 
     from dawms.catalog.db import Database
     from dawms.catalog.models import File, Job, JobFile, Replica, StorageEndpoint
+    from dawms.ddm_bridge import get_ddm
     from dawms.storage.checksum import url_checksum
-    from dawms.storage.paths import lfn2pfn
 
+    from .settings import Settings
+
+    ddm = get_ddm(Settings.from_env().ddm)
     db = Database(db_url)
     problems, ok = [], 0
     with db.session() as s:
-        rows = s.execute(select(JobFile, File, StorageEndpoint.url_prefix)
+        rows = s.execute(select(JobFile, File, StorageEndpoint)
                          .join(Job, Job.id == JobFile.job_id)
                          .outerjoin(File, File.id == JobFile.file_id)
                          .outerjoin(Replica, Replica.file_id == File.id)
                          .outerjoin(StorageEndpoint, StorageEndpoint.id == Replica.endpoint_id)
                          .where(Job.state == "finished", JobFile.type == "out")).all()
-        for jf, f, prefix in rows:
-            if f is None or prefix is None:
+        for jf, f, endpoint in rows:
+            if f is None or endpoint is None:
                 problems.append(f"{jf.lfn}: not registered")
                 continue
-            size, adler = url_checksum(lfn2pfn(prefix, f.scope, f.name))
+            size, adler = url_checksum(ddm.pfn(endpoint, f.scope, f.name))
             if (size, adler) != (f.size, f.adler32) or not f.adler32:
                 problems.append(f"{jf.lfn}: disk has {size} {adler}, catalog {f.size} "
                                 f"{f.adler32}")

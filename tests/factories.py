@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import random
-import zlib
 from datetime import datetime
 from pathlib import Path
 
@@ -14,6 +13,7 @@ from dawms.catalog.models import Queue, StorageEndpoint
 from dawms.catalog.transition import claim_jobs
 from dawms.ddm_bridge.local import LocalDDM
 from dawms.scheduler.report import pilot_update
+from dawms.storage.checksum import bytes_adler32
 
 
 def site_config(root: Path, names: list[str], **queue: object) -> dict:
@@ -66,7 +66,7 @@ def write_outputs(spec: dict) -> list[dict]:
         path.parent.mkdir(parents=True, exist_ok=True)
         data = entry["lfn"].encode() * 7
         path.write_bytes(data)
-        out.append({"lfn": entry["lfn"], "size": len(data), "adler32": f"{zlib.adler32(data):08x}"})
+        out.append({"lfn": entry["lfn"], "size": len(data), "adler32": bytes_adler32(data)})
     return out
 
 

@@ -1,26 +1,25 @@
-"""The embedded DDM: datasets, replicas, verified transfers, idempotent events, outputs.
+"""What only the embedded DDM has: ``add_files`` and its transfer worker.
 
-Runs on both database backends with real bytes on ``file://`` endpoints. A
-corrupted source (same size, other bytes) must be caught by adler32, marked
-``bad`` and either replaced by an intact source or fail the request, which then
-fails the waiting jobs as a DDM failure and gets them retried.
+The DDM interface itself (listing, upload, requests and their reports, outputs,
+pfn, daemons) is proved for every backend by ``tests/ddm/``. Here: runs on both
+database backends with real bytes on ``file://`` endpoints. A corrupted source
+(same size, other bytes) must be caught by adler32, marked ``bad`` and either
+replaced by an intact source or fail the request, which then fails the waiting
+jobs as a DDM failure and gets them retried.
 """
 
 from __future__ import annotations
 
-import zlib
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 from sqlalchemy import func, select
 
-from dawms.catalog import events
 from dawms.catalog.db import Database
 from dawms.catalog.models import (
     DataRequest,
     Dataset,
-    DDMEvent,
     File,
     Job,
     JobFile,
@@ -29,8 +28,8 @@ from dawms.catalog.models import (
     StorageEndpoint,
 )
 from dawms.catalog.site_config import sync, validate
-from dawms.ddm_bridge.abc import FileInfo, RegistrationError, UnknownDataset
-from dawms.ddm_bridge.events import apply_reports, apply_request_outcome
+from dawms.ddm_bridge.abc import FileInfo, RegistrationError
+from dawms.ddm_bridge.events import apply_reports
 from dawms.ddm_bridge.local import LocalDDM, transfer
 from dawms.scheduler import activator, broker, refiner
 from dawms.scheduler.config import SchedulerConfig
@@ -68,21 +67,6 @@ def replicate(db: Database, ddm: LocalDDM, did: str, to: str) -> int:
                                        name="test_dis").id
 
 
-def test_upload_and_list_files(db: Database, ddm: LocalDDM, sites: list[str],
-                               tmp_path: Path) -> None:
-    paths = make_dataset(db, ddm, "t:raw", "SITE_A_DISK", 3, tmp_path, size=5000)
-    with db.session() as s:
-        files = ddm.list_files(s, "t:raw")
-        assert [f.name for f in files] == [p.name for p in paths]
-        ep = endpoint(s, "SITE_A_DISK")
-        for f, p in zip(files, paths, strict=True):
-            data = p.read_bytes()
-            assert (f.scope, f.size, f.adler32) == ("t", 5000, f"{zlib.adler32(data):08x}")
-            assert f.guid
-            assert local_path(ddm, ep, "t", f.name).read_bytes() == data
-        assert set(replica_states(s, [f.id for f in files]).values()) == {"available"}
-
-
 def test_add_files_is_idempotent_and_shares_known_files(
         db: Database, ddm: LocalDDM, sites: list[str], tmp_path: Path) -> None:
     make_dataset(db, ddm, "t:raw", "SITE_A_DISK", 3, tmp_path)
@@ -97,14 +81,6 @@ def test_add_files_is_idempotent_and_shares_known_files(
         assert [f.name for f in copy] == [i.name for i in infos[:2]]
         states = replica_states(s, [f.id for f in copy])
         assert {e for _, e in states} == {"SITE_A_DISK", "SITE_B_DISK"} and len(states) == 4
-
-
-def test_an_unknown_dataset_is_refused(db: Database, ddm: LocalDDM, sites: list[str]) -> None:
-    with db.session() as s:
-        with pytest.raises(UnknownDataset, match="t:nope"):
-            ddm.list_files(s, "t:nope")
-        with pytest.raises(ValueError, match="scope:name"):
-            ddm.list_files(s, "no-scope")
 
 
 def test_add_files_refuses_a_known_file_with_another_checksum(
@@ -206,84 +182,31 @@ def test_a_corrupted_source_is_skipped_for_an_intact_one(
         assert "checksum mismatch" in reason
 
 
-def test_duplicated_and_reordered_request_events_change_nothing(
+
+
+def test_the_worker_ends_no_request_itself_and_never_takes_one_back(
         db: Database, ddm: LocalDDM, sites: list[str], tmp_path: Path) -> None:
-    make_dataset(db, ddm, "t:raw", "SITE_A_DISK", 1, tmp_path)
-    r1 = replicate(db, ddm, "t:raw", "SITE_B_DISK")
-    r2 = replicate(db, ddm, "t:raw", "SITE_C_DISK")
-
-    def apply(key: str, outcome: str, **kw: object) -> str:
-        with db.session() as s:
-            return apply_request_outcome(s, source="cb", dedup_key=key, outcome=outcome,
-                                         now=NOW, **kw)
-
-    assert apply("k1", "done", request_id=r1) == "applied"
-    assert apply("k1", "done", request_id=r1) == "duplicate"
-    assert apply("k1", "failed", request_id=r1, error="late") == "duplicate"
-    assert apply("k2", "failed", request_id=r1, error="late") == "stale"
-    assert apply("k3", "failed", external_id=f"local-{r2}", error="boom") == "applied"
-    assert apply("k4", "done", external_id=f"local-{r2}") == "stale"
-    with pytest.raises(LookupError):
-        apply("k5", "done", request_id=987654)
-    with pytest.raises(LookupError):
-        apply("k6", "done", external_id="nope")
-    with pytest.raises(ValueError):
-        apply("k7", "maybe", request_id=r1)
-    with db.session() as s:
-        assert (s.get(DataRequest, r1).state, s.get(DataRequest, r1).error) == ("done", "")
-        assert (s.get(DataRequest, r2).state, s.get(DataRequest, r2).error) == ("failed", "boom")
-        ends = [(h.entity_id, h.to_state) for h in s.scalars(
-            select(StateHistory).where(StateHistory.entity == "data_request",
-                                       StateHistory.from_state == "requested"))]
-        assert sorted(ends) == [(r1, "done"), (r2, "failed")]
-        assert sorted(s.scalars(select(DDMEvent.dedup_key))) == ["k1", "k2", "k3", "k4"]
-
-
-def test_register_outputs_checks_the_file_is_there_with_its_size(
-        db: Database, ddm: LocalDDM, sites: list[str]) -> None:
-    with db.session() as s:
-        ep = endpoint(s, "SITE_B_DISK")
-        good = local_path(ddm, ep, "t", "out._000001.1")
-        good.parent.mkdir(parents=True)
-        good.write_bytes(b"x" * 1234)
-        adler = f"{zlib.adler32(good.read_bytes()):08x}"
-        ok = FileInfo("t", "out._000001.1", 1234, adler)
-        with pytest.raises(RegistrationError, match="is not at"):
-            ddm.register_outputs(s, "t:out", [ok, FileInfo("t", "gone", 10, adler)], ep)
-        with pytest.raises(RegistrationError, match="has 1234 bytes, the pilot reported 1000"):
-            ddm.register_outputs(s, "t:out", [FileInfo("t", "out._000001.1", 1000, adler)], ep)
-        assert s.scalar(select(func.count()).select_from(File)) == 0
-        assert s.scalar(select(Dataset).where(Dataset.name == "out")) is None
-        (f,) = ddm.register_outputs(s, "t:out", [ok], ep)
-        assert (f.size, f.adler32) == (1234, adler)
-    with db.session() as s:
-        assert [x.name for x in ddm.list_files(s, "t:out")] == ["out._000001.1"]
-        assert replica_states(s, [f.id]) == {(f.id, "SITE_B_DISK"): "available"}
-
-
-def test_poll_ends_complete_requests_and_publishes_only_after_commit(
-        db: Database, ddm: LocalDDM, sites: list[str], tmp_path: Path) -> None:
-    """The poller's safety net ends requests whose files are all there. Each ending is
-    an event; none may reach subscribers before the poller's transaction commits."""
+    """``carry_out`` copies and records replicas but ends nothing: poll() reports. A
+    request carried out or given up waits for that report; the worker never takes
+    it again (it would copy nothing, and a loop over it would never end)."""
     make_dataset(db, ddm, "t:raw", "SITE_A_DISK", 2, tmp_path)
-    r1 = replicate(db, ddm, "t:raw", "SITE_A_DISK")  # already there
-    r2 = replicate(db, ddm, "t:raw", "SITE_A_DISK")
-    r3 = replicate(db, ddm, "t:raw", "SITE_B_DISK")  # not there: stays open
-    got: list = []
-    unsubscribe = events.subscribe(got.append)
-    try:
-        with db.session() as s:
-            reports = ddm.poll(s, NOW)
-            assert sorted(r.request_id for r in reports) == [r1, r2]
-            assert apply_reports(s, reports, source="poll", now=NOW) == {"applied": 2}
-            assert [e for e in got if e.entity == "data_request"] == [], \
-                "published before the poller committed"
-    finally:
-        unsubscribe()
-    assert sorted(e.ids for e in got if e.to_state == "done") == [(r1,), (r2,)]
+    make_dataset(db, ddm, "t:bad", "SITE_A_DISK", 1, tmp_path, seed=3)
+    ok = replicate(db, ddm, "t:raw", "SITE_B_DISK")
+    bad = replicate(db, ddm, "t:bad", "SITE_B_DISK")
     with db.session() as s:
-        assert [s.get(DataRequest, r).state for r in (r1, r2, r3)] == \
-            ["done", "done", "requested"]
-        assert ddm.poll(s, NOW) == []  # nothing new
-        # a report applied twice changes nothing the second time
-        assert apply_reports(s, reports, source="poll", now=NOW) == {"duplicate": 2}
+        (f,) = ddm.list_files(s, "t:bad")
+        corrupt(local_path(ddm, endpoint(s, "SITE_A_DISK"), "t", f.name))
+    claimed, ran = transfer.carry_out(db)
+    assert (sorted(claimed), ran) == ([ok, bad], 2)
+    with db.session() as s:
+        assert [s.get(DataRequest, r).state for r in (ok, bad)] == ["requested", "requested"]
+        assert "adler32" in s.get(DataRequest, bad).error
+        assert (s.get(DataRequest, ok).acquired_by, s.get(DataRequest, bad).acquired_by) \
+            == (None, None)
+    assert transfer.carry_out(db) == ([], 0)  # neither is taken back
+    with db.session() as s:
+        reports = {r.request_id: r for r in ddm.poll(s, NOW)}
+        assert {r: reports[r].outcome.value for r in reports} == {ok: "done", bad: "failed"}
+        assert apply_reports(s, list(reports.values()), source="poll", now=NOW) \
+            == {"applied": 2}
+        assert s.get(DataRequest, bad).state == "failed"

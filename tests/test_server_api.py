@@ -97,7 +97,8 @@ def test_pilot_may_not_report_server_states(db: Database, ddm: LocalDDM, api: Te
     reply = api.post("/api/v1/pilot/update_job", json={
         "job_id": job["job_id"], "attempt": 1, "lease_token": job["lease_token"],
         "state": "activated"})
-    assert reply.status_code == 400 and "may not report activated" in reply.json()["message"]
+    assert reply.status_code == 422, reply.text  # refused by the body's schema (wire.JobReport)
+    assert "body.state" in reply.json()["message"] and "running" in reply.json()["message"]
 
 
 def test_finished_without_outputs_fails_as_stageout(db: Database, ddm: LocalDDM,

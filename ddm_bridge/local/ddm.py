@@ -104,16 +104,21 @@ class LocalDDM(DDM):
         have = set(session.scalars(select(Replica.file_id).where(
             Replica.endpoint_id == endpoint.id, Replica.file_id.in_([f.id for f in out]))))
         now = datetime.now(UTC)
+        born = []
         for f in out:
             if f.id not in attached:
                 session.add(DatasetFile(dataset_id=ds.id, file_id=f.id, position=position))
                 position += 1
                 attached.add(f.id)
             if f.id not in have:
-                session.add(Replica(file_id=f.id, endpoint_id=endpoint.id,
+                born.append(Replica(file_id=f.id, endpoint_id=endpoint.id,
                                     state=ReplicaState.AVAILABLE, updated_at=now))
                 have.add(f.id)
+        session.add_all(born)
         session.flush()
+        record_created(session, Entity.REPLICA, [(r.id, None) for r in born],
+                       ReplicaState.AVAILABLE, actor="ddm:local", reason=f"registered in {did}",
+                       now=now)
         return out
 
     def upload(self, session: Session, did: str, paths: Iterable[str | Path],
@@ -186,9 +191,12 @@ class LocalDDM(DDM):
             Replica.endpoint_id == endpoint.id, Replica.file_id.in_(ids)))}
         fresh = [i for i in ids if i not in existing]
         if fresh:
-            session.execute(insert(Replica), [
+            born = session.scalars(insert(Replica).returning(Replica.id), [
                 {"file_id": i, "endpoint_id": endpoint.id, "state": ReplicaState.COPYING,
-                 "updated_at": now} for i in fresh])
+                 "updated_at": now} for i in fresh]).all()
+            record_created(session, Entity.REPLICA, [(i, None) for i in born],
+                           ReplicaState.COPYING, actor="ddm:local", reason=f"request {req.id}",
+                           now=now)
         for state in (ReplicaState.BAD, ReplicaState.UNAVAILABLE):
             stale = [r.id for r in existing.values() if r.state == state]
             transition_many(session, Entity.REPLICA, stale, ReplicaState.COPYING,
@@ -197,20 +205,33 @@ class LocalDDM(DDM):
         session.flush()
         return req
 
-    def poll(self, session: Session, now: datetime) -> list[RequestReport]:
-        """Safety net: report requests whose files are all available but not yet closed."""
-        # one query: each open request with how many of its files are still missing
+    def poll(self, session: Session, now: datetime, *,
+             request_ids: list[int] | None = None) -> list[RequestReport]:
+        """Report open requests that ended: every file available at the destination
+        (done), or given up by the transfer worker, which wrote why (failed). Only
+        those in ``request_ids`` when given (the worker's fast path)."""
+        # one query: each open request, how many of its files are still missing, and
+        # the worker's reason if it gave the request up
         missing = func.count(DataRequestFile.file_id) - func.count(Replica.id)
-        complete = list(session.scalars(
-            select(DataRequest.id)
-            .join(DataRequestFile, DataRequestFile.request_id == DataRequest.id)
-            .outerjoin(Replica, (Replica.file_id == DataRequestFile.file_id)
-                       & (Replica.endpoint_id == DataRequest.endpoint_id)
-                       & (Replica.state == ReplicaState.AVAILABLE))
-            .where(DataRequest.ddm == self.name, DataRequest.state == RequestState.REQUESTED)
-            .group_by(DataRequest.id).having(missing == 0)))
-        return [RequestReport(Outcome.DONE, dedup_key=f"local:{rid}:done", request_id=rid)
-                for rid in complete]
+        query = (select(DataRequest.id, missing, DataRequest.error)
+                 .join(DataRequestFile, DataRequestFile.request_id == DataRequest.id)
+                 .outerjoin(Replica, (Replica.file_id == DataRequestFile.file_id)
+                            & (Replica.endpoint_id == DataRequest.endpoint_id)
+                            & (Replica.state == ReplicaState.AVAILABLE))
+                 .where(DataRequest.ddm == self.name,
+                        DataRequest.state == RequestState.REQUESTED)
+                 .group_by(DataRequest.id, DataRequest.error).order_by(DataRequest.id))
+        if request_ids is not None:
+            query = query.where(DataRequest.id.in_(request_ids))
+        reports = []
+        for rid, n_missing, error in session.execute(query):
+            if n_missing == 0:
+                reports.append(RequestReport(Outcome.DONE, dedup_key=f"local:{rid}:done",
+                                             request_id=rid))
+            elif error:
+                reports.append(RequestReport(Outcome.FAILED, dedup_key=f"local:{rid}:failed",
+                                             request_id=rid, error=error))
+        return reports
 
     def daemons(self) -> list[DaemonSpec]:
         from .transfer import run_once

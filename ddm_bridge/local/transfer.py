@@ -1,12 +1,16 @@
 """The local DDM's transfer worker: carries out replication requests.
 
-``run_once`` takes open requests with a lease (so two workers never copy the same
+``carry_out`` takes open requests with a lease (so two workers never copy the same
 request), copies each missing file from a source replica with fsspec outside any
 transaction, verifies the destination's size and adler32 against the catalog,
-and records the outcome in short transactions. A source whose bytes do not match
-is marked ``bad`` and the next source is tried; a file with no intact source
-fails its request. The request's end goes through ``events.apply_request_outcome``,
-so the activator hears of it at once.
+and records what happened to the replicas in short transactions. A source whose
+bytes do not match is marked ``bad`` and the next source is tried; a file with no
+intact source makes the worker give up the request (its ``error`` says why).
+The worker ends no request itself: like every backend it reports, through
+``LocalDDM.poll`` (every file there: done; given up: failed), and the core applies
+the reports (``events.apply_reports``). ``run_once``, the daemon the backend
+declares, does both at once for the requests it just worked on, so the activator
+hears of them without waiting for the poller.
 """
 
 from __future__ import annotations
@@ -25,7 +29,8 @@ from dawms.catalog.db import Database
 from dawms.catalog.models import DataRequest, DataRequestFile, File, Replica, StorageEndpoint
 from dawms.catalog.states import Entity, ReplicaState, RequestState
 from dawms.catalog.transition import transition_many
-from dawms.ddm_bridge.events import apply_request_outcome
+from dawms.ddm_bridge.abc import Ran
+from dawms.ddm_bridge.events import apply_reports
 from dawms.storage.checksum import copy_stream, url_checksum
 from dawms.storage.paths import lfn2pfn
 
@@ -84,12 +89,33 @@ def _copy(item: _Item, dest_url: str) -> _Outcome:
 
 
 def run_once(db: Database, now: datetime | None = None, *, max_requests: int = 5,
-             lease: timedelta = timedelta(minutes=10), batch: int = 16) -> int:
-    """Work on up to ``max_requests`` open local requests; returns files copied."""
+             lease: timedelta = timedelta(minutes=10), batch: int = 16) -> Ran:
+    """The daemon: carry out up to ``max_requests`` requests, then apply at once what
+    ``LocalDDM.poll`` reports about them. Returns files copied, full when it found
+    ``max_requests`` requests and claimed some (a claimed request is then reported
+    ended, given up, or keeps its lease, so it is not taken again at once)."""
+    from .ddm import LocalDDM
+
+    claimed, ran = carry_out(db, now, max_requests=max_requests, lease=lease, batch=batch)
+    if claimed:
+        done_at = datetime.now(UTC)
+        with db.session() as s:
+            apply_reports(s, LocalDDM().poll(s, done_at, request_ids=claimed),
+                          source="local", now=done_at)
+    return ran
+
+
+def carry_out(db: Database, now: datetime | None = None, *, max_requests: int = 5,
+              lease: timedelta = timedelta(minutes=10),
+              batch: int = 16) -> tuple[list[int], Ran]:
+    """Work on up to ``max_requests`` open local requests; ends none of them (poll()
+    reports them). Returns the requests claimed and the files copied."""
     now = now or datetime.now(UTC)
     with db.session() as s:
         ids = list(s.scalars(select(DataRequest.id).where(
             DataRequest.ddm == "local", DataRequest.state == RequestState.REQUESTED,
+            # carried out (every file done) or given up: it waits for its report
+            DataRequest.files_done < DataRequest.files_total, DataRequest.error == "",
             or_(DataRequest.acquired_until.is_(None), DataRequest.acquired_until < now))
             .order_by(DataRequest.id).limit(max_requests)))
         claimed = []
@@ -106,7 +132,7 @@ def run_once(db: Database, now: datetime | None = None, *, max_requests: int = 5
             copied += _work(db, rid, batch)
         except Exception:
             log.exception("request %s: the transfer worker failed; its lease will expire", rid)
-    return copied
+    return claimed, Ran(copied, full=len(ids) >= max_requests and bool(claimed))
 
 
 def _load(db: Database, rid: int) -> tuple[str, str, list[_Item]]:
@@ -145,18 +171,13 @@ def _work(db: Database, rid: int, batch: int) -> int:
         copied += sum(1 for o in outcomes if o.ok and o.item.dest_state != "available")
         failed += [o for o in outcomes if not o.ok]
         _record(db, rid, outcomes)
-    now = datetime.now(UTC)
+    values: dict[str, object] = {"acquired_by": None, "acquired_until": None}
+    if failed:  # given up: poll() reports it failed with this error
+        error = "; ".join(f"{o.item.scope}:{o.item.name}: {o.error}" for o in failed)
+        values["error"] = error[:2000]
+        log.warning("request %s (%s) failed: %s", rid, name, error)
     with db.session() as s:
-        if failed:
-            error = "; ".join(f"{o.item.scope}:{o.item.name}: {o.error}" for o in failed)
-            apply_request_outcome(s, source="local", dedup_key=f"local:{rid}:failed",
-                                  outcome="failed", request_id=rid, now=now, error=error)
-            log.warning("request %s (%s) failed: %s", rid, name, error)
-        else:
-            apply_request_outcome(s, source="local", dedup_key=f"local:{rid}:done",
-                                  outcome="done", request_id=rid, now=now)
-        s.execute(update(DataRequest).where(DataRequest.id == rid)
-                  .values(acquired_by=None, acquired_until=None))
+        s.execute(update(DataRequest).where(DataRequest.id == rid).values(**values))
     return copied
 
 

@@ -9,10 +9,19 @@ from __future__ import annotations
 
 from typing import Any
 
-from dawms.pilot.factory.base import PilotFactory, PilotHandle, PilotStatus, pilot_argv
+from dawms.pilot.factory.base import (
+    PILOT_ENDED,
+    PilotFactory,
+    PilotHandle,
+    PilotStatus,
+    SubmitError,
+    check_submit,
+    pilot_argv,
+)
 from dawms.storage.plugins import Entry, PluginRegistry
 
-__all__ = ["PilotFactory", "PilotHandle", "PilotStatus", "get_factory", "pilot_argv", "registry"]
+__all__ = ["PILOT_ENDED", "PilotFactory", "PilotHandle", "PilotStatus", "SubmitError",
+           "check_submit", "get_factory", "pilot_argv", "registry"]
 
 ENTRY_POINT_GROUP = "dawms.pilot_factories"
 

@@ -2,15 +2,19 @@
 
 A factory (PanDA's Harvester plays this role) submits ``n`` pilots for a queue
 to some resource -- local processes, Slurm, HTCondor, Kubernetes -- and can
-later poll or cancel each through its handle. Every backend starts the same
-command, ``python -m dawms.pilot --server ... --queue ...``; ``pilot_argv``
-builds it so the options mean the same everywhere.
+later poll, cancel and clean up each through its handle (Harvester's submitter,
+monitor, sweeper). Every backend starts the same command, ``python -m
+dawms.pilot --server ... --queue ...``; ``pilot_argv`` builds it, one argument
+per option, so the options mean the same everywhere. ``check_submit`` holds the
+limits every backend applies before it starts anything. The conformance suite
+every backend passes is ``tests/pilot/test_factory_conformance.py``.
 """
 
 from __future__ import annotations
 
 import enum
 import sys
+import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +27,17 @@ class PilotStatus(enum.StrEnum):
     DONE = "done"  # exited 0: ran out of work, hit max-jobs or its lifetime
     FAILED = "failed"  # exited non-zero (server unreachable, crashed, killed)
     CANCELLED = "cancelled"  # stopped through cancel()
-    UNKNOWN = "unknown"  # the backend no longer knows the pilot
+    UNKNOWN = "unknown"  # the backend does not know the pilot (never started, cleaned up)
+
+
+PILOT_ENDED = frozenset({PilotStatus.DONE, PilotStatus.FAILED, PilotStatus.CANCELLED,
+                         PilotStatus.UNKNOWN})
+MAX_PER_SUBMIT = 1000  # pilots one submit may start
+QUEUE_NAME_MAX = 128  # the catalog's queue name column
+
+
+class SubmitError(ValueError):
+    """A submit was refused before anything was started."""
 
 
 @dataclass(frozen=True)
@@ -37,16 +51,22 @@ class PilotHandle:
 
 
 class PilotFactory(ABC):
-    """Submits, polls and cancels pilots on one kind of resource."""
+    """Submits, polls, cancels and cleans up pilots on one kind of resource.
+
+    Handles of another backend are refused (``ValueError``); a handle this
+    factory does not know (never submitted here, or cleaned up) polls
+    ``UNKNOWN`` and cancelling it changes nothing."""
 
     name: ClassVar[str]
+    max_per_submit: int = MAX_PER_SUBMIT  # an operator (or a test) may lower it
 
     @abstractmethod
     def submit(
         self, server_url: str, queue: str, n: int, workdir: Path, **opts: Any
     ) -> list[PilotHandle]:
         """Start ``n`` pilots for ``queue``; ``opts`` are ``pilot_argv`` options
-        and backend settings. Returns one handle per pilot."""
+        and backend settings. Returns one handle per pilot; ``SubmitError`` (and
+        nothing started) when ``check_submit`` refuses."""
 
     @abstractmethod
     def poll(self, handle: PilotHandle) -> PilotStatus:
@@ -54,7 +74,39 @@ class PilotFactory(ABC):
 
     @abstractmethod
     def cancel(self, handle: PilotHandle) -> None:
-        """Stop the pilot (it kills its payload and reports the job failed)."""
+        """Stop the pilot (it kills its payload and reports the job failed); harmless
+        for a pilot that has ended."""
+
+    @abstractmethod
+    def cleanup(self, handle: PilotHandle) -> None:
+        """Forget an ended pilot and free what the backend holds for it (process
+        slots, batch records); its log stays. ``ValueError`` while it still runs."""
+
+    def wait(self, handle: PilotHandle, timeout: float | None = None) -> PilotStatus:
+        """Poll until the pilot has ended (or ``timeout`` passed); return its status."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while (status := self.poll(handle)) not in PILOT_ENDED:
+            if deadline is not None and time.monotonic() >= deadline:
+                break
+            time.sleep(0.1)
+        return status
+
+    def _own(self, handle: PilotHandle) -> None:
+        if handle.backend != self.name:
+            raise ValueError(f"a {handle.backend!r} pilot handle given to the "
+                             f"{self.name!r} factory")
+
+
+def check_submit(server_url: str, queue: str, n: int, limit: int = MAX_PER_SUBMIT) -> None:
+    """The limits of every submit: 1 to ``limit`` pilots, a bounded queue name
+    without blanks or control characters, an http(s) server URL."""
+    if type(n) is not int or not 1 <= n <= limit:
+        raise SubmitError(f"n must be an integer from 1 to {limit}, got {n!r}")
+    if (not isinstance(queue, str) or not 0 < len(queue) <= QUEUE_NAME_MAX
+            or not queue.isprintable() or any(c.isspace() for c in queue)):
+        raise SubmitError(f"not a queue name: {str(queue)[:QUEUE_NAME_MAX]!r}")
+    if not isinstance(server_url, str) or not server_url.startswith(("http://", "https://")):
+        raise SubmitError(f"the server URL must be http(s)://..., got {str(server_url)[:200]!r}")
 
 
 def pilot_argv(
@@ -68,6 +120,7 @@ def pilot_argv(
     poll_interval: float | None = None,
     lifetime: float | None = None,
     kill_grace: float | None = None,
+    give_up_after: float | None = None,
     python: str = sys.executable,
 ) -> list[str]:
     """The command line of one pilot."""
@@ -75,7 +128,7 @@ def pilot_argv(
             "--workdir", str(workdir)]
     optional = {"--pilot-id": pilot_id, "--max-jobs": max_jobs, "--idle-timeout": idle_timeout,
                 "--poll-interval": poll_interval, "--lifetime": lifetime,
-                "--kill-grace": kill_grace}
+                "--kill-grace": kill_grace, "--give-up-after": give_up_after}
     for flag, value in optional.items():
         if value is not None:
             argv += [flag, str(value)]

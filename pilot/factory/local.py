@@ -1,7 +1,10 @@
 """Pilots as local processes: the embedded default and what the demo uses.
 
 Each pilot is ``python -m dawms.pilot`` in its own session (so cancel can signal
-its whole group) with its own work dir and log file under ``workdir``.
+its whole group) with its own work dir and log file under ``workdir``. Only the
+processes this factory started are ever signalled: a handle it does not know
+(another factory's, or one from before a restart) polls ``UNKNOWN`` and is not
+touched, since its pid may belong to anything by now.
 """
 
 from __future__ import annotations
@@ -16,7 +19,13 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from dawms.pilot.factory.base import PilotFactory, PilotHandle, PilotStatus, pilot_argv
+from dawms.pilot.factory.base import (
+    PilotFactory,
+    PilotHandle,
+    PilotStatus,
+    check_submit,
+    pilot_argv,
+)
 from dawms.pilot.main import TOKEN_ENV
 
 
@@ -34,7 +43,9 @@ class LocalFactory(PilotFactory):
         env: Mapping[str, str] | None = None, token: str | None = None, **opts: Any,
     ) -> list[PilotHandle]:
         """Start ``n`` pilots; ``opts`` are ``pilot_argv`` options (max_jobs, idle_timeout,
-        poll_interval, lifetime, kill_grace, python); ``env`` is added to the environment."""
+        poll_interval, lifetime, kill_grace, give_up_after, python); ``env`` is added to
+        the environment."""
+        check_submit(server_url, queue, n, self.max_per_submit)
         workdir = Path(workdir)
         workdir.mkdir(parents=True, exist_ok=True)
         child_env = {**os.environ, **(env or {})}
@@ -57,9 +68,10 @@ class LocalFactory(PilotFactory):
         return handles
 
     def poll(self, handle: PilotHandle) -> PilotStatus:
+        self._own(handle)
         proc = self._procs.get(handle.id)
         if proc is None:
-            return _status_of_stranger(int(handle.id))
+            return PilotStatus.UNKNOWN
         code = proc.poll()
         if code is None:
             return PilotStatus.RUNNING
@@ -68,26 +80,30 @@ class LocalFactory(PilotFactory):
         return PilotStatus.DONE if code == 0 else PilotStatus.FAILED
 
     def cancel(self, handle: PilotHandle) -> None:
+        self._own(handle)
         proc = self._procs.get(handle.id)
-        if proc is not None and proc.poll() is not None:
-            return
+        if proc is None or proc.poll() is not None:
+            return  # not ours, or ended already: nothing to stop
         self._cancelled.add(handle.id)
         with contextlib.suppress(ProcessLookupError):
-            os.killpg(int(handle.id), signal.SIGTERM)  # the pilot kills its payload itself
+            os.killpg(proc.pid, signal.SIGTERM)  # the pilot kills its payload itself
+
+    def cleanup(self, handle: PilotHandle) -> None:
+        self._own(handle)
+        proc = self._procs.get(handle.id)
+        if proc is None:
+            return
+        if proc.poll() is None:
+            raise ValueError(f"pilot {handle.pilot_id} (pid {handle.id}) is still running; "
+                             "cancel it first")
+        del self._procs[handle.id]  # reaped by poll(); the log file stays
+        self._cancelled.discard(handle.id)
 
     def wait(self, handle: PilotHandle, timeout: float | None = None) -> PilotStatus:
         """Block until the pilot exits (or ``timeout``); return its status."""
+        self._own(handle)
         proc = self._procs.get(handle.id)
         if proc is not None:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.wait(timeout)
         return self.poll(handle)
-
-
-def _status_of_stranger(pid: int) -> PilotStatus:
-    """A pilot this factory did not start (e.g. before a restart): alive or not."""
-    try:
-        os.kill(pid, 0)
-    except (ProcessLookupError, PermissionError):  # gone, or the pid now belongs to another user
-        return PilotStatus.UNKNOWN
-    return PilotStatus.RUNNING

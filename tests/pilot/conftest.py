@@ -1,4 +1,4 @@
-"""Fixtures for the pilot tests: the stub wire.py server and job specs."""
+"""Fixtures for the pilot tests: the stub ``dawms.wire`` server and job specs."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ def stub_server() -> Iterator[StubServer]:
 
 @pytest.fixture
 def make_spec(tmp_path: Path) -> Callable[..., dict[str, Any]]:
-    """Build a wire.py JobSpec whose inputs exist as file:// replicas under tmp_path."""
+    """Build a ``wire.JobSpec`` dict whose inputs exist as file:// replicas under tmp_path."""
     counter = iter(range(1, 1000))
     script = tmp_path / "payload.py"
     script.write_text(PAYLOAD_SCRIPT)

@@ -1,8 +1,9 @@
-"""Helpers for the pilot tests: a small real HTTP server speaking wire.py.
+"""Helpers for the pilot tests: a small real HTTP server speaking ``dawms.wire``.
 
 The stub server is a stdlib ``http.server`` in a thread. It hands out the jobs a
-test queues, records every call, checks each update_job body has exactly the
-wire.py fields, and can answer 409 or a kill command when a test says so.
+test queues, records every call, checks each update_job body parses as a
+``wire.JobReport`` with every field present, and can answer 409 or a kill
+command when a test says so.
 """
 
 from __future__ import annotations
@@ -11,13 +12,13 @@ import json
 import os
 import threading
 import time
-import zlib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from dawms.pilot import wire
+from dawms import wire
+from dawms.storage.checksum import bytes_adler32
 
 UPDATE_FIELDS = {"job_id", "attempt", "lease_token", "state", "metrics", "exit_code",
                  "error_category", "error_diag", "outputs"}
@@ -72,7 +73,11 @@ class StubServer:
                 jobs = [self.jobs.pop(0)] if self.jobs else []
             return 200, {"jobs": jobs, "pending": self.pending()}
         if path == wire.UPDATE_JOB:
-            if set(body) != UPDATE_FIELDS or body["state"] not in wire.REPORTABLE_STATES:
+            try:
+                wire.JobReport.from_dict(body)
+            except wire.WireError:
+                return 400, {}
+            if set(body) != UPDATE_FIELDS:
                 return 400, {}
             if self.stale_when(body):
                 return wire.HTTP_STALE, {}
@@ -117,8 +122,7 @@ def running_stub_server() -> Iterator[StubServer]:
         httpd.server_close()
 
 
-def adler32_hex(data: bytes) -> str:
-    return f"{zlib.adler32(data) & 0xFFFFFFFF:08x}"
+adler32_hex = bytes_adler32  # the one helper, in dawms.storage.checksum
 
 
 def wait_for(predicate: Callable[[], object], timeout: float = 5.0) -> bool:

@@ -15,7 +15,7 @@ import httpx
 import pytest
 from pilot_helpers import UPDATE_FIELDS, StubServer, adler32_hex, pid_alive, wait_for
 
-from dawms.pilot import wire
+from dawms import wire
 from dawms.pilot.client import JobRef, PilotClient, ServerUnavailable, StaleJob, update_body
 from dawms.pilot.job import JobRunner, Outcome, run_job
 from dawms.pilot.main import main
@@ -127,7 +127,7 @@ def test_kill_command_in_heartbeat_reply_fails_the_job_as_killed(
     monkeypatch.setenv("TEST_SLEEP", "60")
     spec = make_spec(heartbeat_s=0.2)
     stub_server.command_when = lambda body: (
-        wire.COMMAND_KILL if body["state"] == "running" and body["metrics"].get("wall_s", 0) > 0
+        wire.Command.KILL if body["state"] == "running" and body["metrics"].get("wall_s", 0) > 0
         else None)
     result = run_job(client, spec, tmp_path / "work", kill_grace_s=1)
 
@@ -148,6 +148,38 @@ def test_walltime_exceeded_is_a_timeout(
     assert result.outcome is Outcome.FAILED
     assert result.error_category == "timeout"
     assert stub_server.updates()[-1]["error_category"] == "timeout"
+
+
+@pytest.mark.parametrize(("change", "field"), [
+    ({"inputs": [{"lfn": "x"}]}, "job spec.inputs[0].scope: missing"),
+    ({"cores": "1"}, "job spec.cores: must be an integer"),
+    ({"movers": {"read": ["file"], "sideways": []}}, "job spec.movers: unknown field"),
+    ({"transformation": ""}, "job spec.transformation: 0 characters"),
+])
+def test_a_malformed_spec_is_reported_failed_and_nothing_runs(
+    stub_server: StubServer, client: PilotClient, make_spec: Callable[..., dict[str, Any]],
+    tmp_path: Path, change: dict[str, Any], field: str,
+) -> None:
+    spec = {**make_spec(), **change}
+    result = run_job(client, spec, tmp_path / "work")
+    assert (result.outcome, result.error_category) == (Outcome.FAILED, "pilot")
+    [final] = stub_server.updates()  # no starting, no running: straight to the verdict
+    assert (final["state"], final["error_category"]) == ("failed", "pilot")
+    assert final["error_diag"].startswith(f"malformed job description: {field}")
+    assert not (tmp_path / "work" / "payload.stdout").exists()
+
+
+@pytest.mark.parametrize("fence", [{"job_id": "7"}, {"attempt": 0}, {"lease_token": ""},
+                                   {"job_id": None}])
+def test_a_spec_without_a_valid_fence_is_refused_without_a_report(
+    stub_server: StubServer, client: PilotClient, make_spec: Callable[..., dict[str, Any]],
+    tmp_path: Path, fence: dict[str, Any],
+) -> None:
+    result = run_job(client, {**make_spec(), **fence}, tmp_path / "work")
+    assert result.outcome is Outcome.REFUSED
+    assert result.error_diag.startswith(("job spec.", "job report.")), result.error_diag
+    assert stub_server.updates() == []
+    assert not (tmp_path / "work").exists()
 
 
 def test_stagein_failure_is_reported_before_running(
@@ -246,10 +278,10 @@ def test_client_bulk_update_sends_wire_bodies() -> None:
                for i in (1, 2)]
     with PilotClient("http://server", transport=httpx.MockTransport(handler)) as c:
         results = c.update_jobs_bulk(updates)
-    assert [r["job_id"] for r in results] == [1, 2]
+    assert [(r.job_id, r.success) for r in results] == [(1, True), (2, True)]
     [(path, body)] = sent
     assert path == wire.UPDATE_JOBS_BULK
-    assert body == {"updates": updates}
+    assert body == {"updates": [u.to_dict() for u in updates]}
     assert all(set(u) == UPDATE_FIELDS for u in body["updates"])
 
 
@@ -261,7 +293,7 @@ def test_client_raises_stale_on_409(stub_server: StubServer, client: PilotClient
 
 
 def test_client_refuses_unreportable_states(client: PilotClient) -> None:
-    with pytest.raises(ValueError, match="cannot report"):
+    with pytest.raises(ValueError, match="state: 'activated' is not one of"):
         client.update_job(JobRef(1, 1, "t"), "activated")
 
 

@@ -20,6 +20,7 @@ from dawms.pilot.payload import (
     run_payload,
 )
 from dawms.pilot.stagein import StageInError, order_urls, stage_in, stage_in_file
+from dawms.wire import InputFile, JobSpec, Movers
 
 PY = sys.executable
 
@@ -172,7 +173,7 @@ def test_stagein_falls_back_to_the_next_replica_when_the_first_is_corrupt(
     corrupt = bytes([data[0] ^ 0xFF]) + data[1:]
     urls = [replica(tmp_path / "site_a", "f.1", corrupt),
             replica(tmp_path / "site_b", "f.1", data)]
-    item = {"lfn": "f.1", "size": len(data), "adler32": adler32_hex(data), "urls": urls}
+    item = InputFile(scope="t", lfn="f.1", size=len(data), adler32=adler32_hex(data), urls=urls)
     staged = stage_in_file(item, tmp_path / "work")
     assert staged.url == urls[1]
     assert (tmp_path / "work" / "f.1").read_bytes() == data
@@ -184,7 +185,7 @@ def test_stagein_error_names_every_attempt(tmp_path: Path) -> None:
     urls = [replica(tmp_path / "a", "f.2", data[:50]),  # truncated
             (tmp_path / "nowhere" / "f.2").as_uri(),  # missing
             "root://eos.example.org//f.2"]  # a scheme this queue may not read
-    item = {"lfn": "f.2", "size": len(data), "adler32": adler32_hex(data), "urls": urls}
+    item = InputFile(scope="t", lfn="f.2", size=len(data), adler32=adler32_hex(data), urls=urls)
     with pytest.raises(StageInError) as err:
         stage_in_file(item, tmp_path / "work", ["file"])
     message = str(err.value)
@@ -202,9 +203,11 @@ def test_mover_preferences_order_and_filter_replicas() -> None:
 
 def test_stage_in_of_a_spec_and_early_stop(tmp_path: Path) -> None:
     files = {f"f.{i}": os.urandom(10 + i) for i in range(3)}
-    spec = {"inputs": [{"lfn": n, "size": len(d), "adler32": adler32_hex(d),
-                        "urls": [replica(tmp_path / "s", n, d)]} for n, d in files.items()],
-            "movers": {"read": ["file"]}}
+    spec = JobSpec(job_id=1, attempt=1, task_id=1, job_name="j", transformation="true",
+                   memory_mb=0, walltime_s=0, heartbeat_s=1, movers=Movers(read=["file"]),
+                   inputs=[InputFile(scope="t", lfn=n, size=len(d), adler32=adler32_hex(d),
+                                     urls=[replica(tmp_path / "s", n, d)])
+                           for n, d in files.items()])
     staged = stage_in(spec, tmp_path / "w")
     assert [s.lfn for s in staged] == list(files)
     assert sum(s.size for s in staged) == sum(len(d) for d in files.values())
@@ -213,6 +216,7 @@ def test_stage_in_of_a_spec_and_early_stop(tmp_path: Path) -> None:
 
 
 def test_stagein_refuses_names_that_escape_the_work_dir(tmp_path: Path) -> None:
-    item = {"lfn": "../evil", "size": 1, "adler32": "00000001", "urls": ["file:///etc/hosts"]}
+    item = InputFile(scope="t", lfn="../evil", size=1, adler32="00000001",
+                     urls=["file:///etc/hosts"])
     with pytest.raises(StageInError, match="plain file name"):
         stage_in_file(item, tmp_path)

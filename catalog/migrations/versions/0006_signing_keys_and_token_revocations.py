@@ -1,7 +1,7 @@
 """signing keys and token revocations
 
-Revision ID: 0005
-Revises: 0004
+Revision ID: 0006
+Revises: 0005
 Create Date: 2026-12-01 17:25:00.000000
 """
 
@@ -12,8 +12,8 @@ from alembic import op
 
 import dawms.catalog.models
 
-revision = '0005'
-down_revision = '0004'
+revision = '0006'
+down_revision = '0005'
 branch_labels = None
 depends_on = None
 

@@ -1,0 +1,262 @@
+"""Pilot-factory conformance suite, run against every pilot backend.
+
+A backend (``slurm``, ``htcondor``, ``kubernetes``) gets the whole suite by
+subclassing ``PilotFactoryConformance`` and providing a ``factory`` fixture (an
+instance whose pilots can reach ``stub_server`` and see ``tmp_path``) and, if it
+needs them, ``submit_opts`` (backend settings passed to every submit) and a
+longer ``timeout_s``. The pilots are real ``python -m dawms.pilot`` processes
+talking HTTP to the stub server of ``pilot_helpers``; every wait is on a
+condition with a deadline.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pilot_helpers import StubServer, pid_alive, wait_for
+
+from dawms import wire
+from dawms.pilot.factory import PILOT_ENDED, PilotFactory, PilotHandle, PilotStatus, SubmitError
+from dawms.pilot.factory.base import MAX_PER_SUBMIT
+from dawms.pilot.factory.local import LocalFactory
+
+SpecMaker = Callable[..., dict[str, Any]]
+
+
+class PilotFactoryConformance:
+    """What every pilot factory must do. Subclasses provide ``factory``."""
+
+    timeout_s = 60.0
+
+    @pytest.fixture
+    def submit_opts(self) -> dict[str, Any]:
+        return {}
+
+    @pytest.fixture
+    def submit(self, factory: PilotFactory, submit_opts: dict[str, Any], tmp_path: Path,
+               stub_server: StubServer) -> Iterator[Callable[..., list[PilotHandle]]]:
+        """Submit pilots to the stub server; every pilot is cancelled at the end."""
+        handles: list[PilotHandle] = []
+
+        def run(n: int = 1, **opts: Any) -> list[PilotHandle]:
+            opts = {"idle_timeout": 0.5, "poll_interval": 0.1, "give_up_after": 5,
+                    **submit_opts, **opts}
+            got = factory.submit(stub_server.url, "Q", n, tmp_path / "pilots", **opts)
+            handles.extend(got)
+            return got
+
+        yield run
+        for h in handles:
+            factory.cancel(h)
+        for h in handles:
+            factory.wait(h, self.timeout_s)
+
+    def log_of(self, handle: PilotHandle) -> str:
+        return handle.log_path.read_text() if handle.log_path and handle.log_path.exists() \
+            else ""
+
+    # --- submit --------------------------------------------------------------------------
+    def test_submit_gives_one_handle_per_pilot_each_known_to_the_server(
+        self, factory: PilotFactory, submit: Callable[..., list[PilotHandle]],
+        stub_server: StubServer,
+    ) -> None:
+        handles = submit(3)
+        assert len(handles) == 3
+        assert {h.backend for h in handles} == {factory.name}
+        assert len({h.id for h in handles}) == len({h.pilot_id for h in handles}) == 3
+        assert [factory.wait(h, self.timeout_s) for h in handles] == [PilotStatus.DONE] * 3
+        with stub_server.lock:
+            asked = {body["pilot_id"] for _, path, body, _ in stub_server.calls
+                     if path == wire.ACQUIRE_JOBS}
+        assert asked == {h.pilot_id for h in handles}
+
+    def test_a_pilot_runs_the_queued_job_and_ends_done(
+        self, factory: PilotFactory, submit: Callable[..., list[PilotHandle]],
+        stub_server: StubServer, make_spec: SpecMaker,
+    ) -> None:
+        stub_server.jobs = [make_spec()]
+        [handle] = submit()
+        assert factory.wait(handle, self.timeout_s) is PilotStatus.DONE, self.log_of(handle)
+        assert stub_server.states() == ["starting", "running", "finished"]
+
+    def test_several_pilots_share_the_queue(
+        self, factory: PilotFactory, submit: Callable[..., list[PilotHandle]],
+        stub_server: StubServer, make_spec: SpecMaker,
+    ) -> None:
+        stub_server.jobs = [make_spec() for _ in range(4)]
+        handles = submit(2)
+        assert [factory.wait(h, self.timeout_s) for h in handles] == [PilotStatus.DONE] * 2
+        assert stub_server.states().count("finished") == 4
+
+    # --- status --------------------------------------------------------------------------
+    def test_status_is_running_while_the_pilot_works(
+        self, factory: PilotFactory, submit: Callable[..., list[PilotHandle]],
+        stub_server: StubServer, make_spec: SpecMaker,
+    ) -> None:
+        stub_server.jobs = [make_spec()]
+        [handle] = submit(env={"TEST_SLEEP": "60"}, kill_grace=1)
+        assert factory.poll(handle) in (PilotStatus.PENDING, PilotStatus.RUNNING)
+        assert wait_for(lambda: "running" in stub_server.states(), self.timeout_s), \
+            self.log_of(handle)
+        assert factory.poll(handle) is PilotStatus.RUNNING
+
+    def test_a_pilot_that_cannot_reach_the_server_ends_failed(
+        self, factory: PilotFactory, submit_opts: dict[str, Any], tmp_path: Path,
+    ) -> None:
+        [handle] = factory.submit("http://127.0.0.1:9", "Q", 1, tmp_path / "pilots",
+                                  give_up_after=0.5, **submit_opts)
+        assert factory.wait(handle, self.timeout_s) is PilotStatus.FAILED
+        factory.cleanup(handle)
+
+    # --- cancel --------------------------------------------------------------------------
+    def test_cancel_stops_the_pilot_which_reports_its_job_killed(
+        self, factory: PilotFactory, submit: Callable[..., list[PilotHandle]],
+        stub_server: StubServer, make_spec: SpecMaker,
+    ) -> None:
+        stub_server.jobs = [make_spec()]
+        [handle] = submit(env={"TEST_SLEEP": "60"}, kill_grace=1)
+        assert wait_for(lambda: "running" in stub_server.states(), self.timeout_s), \
+            self.log_of(handle)
+        factory.cancel(handle)
+        assert factory.wait(handle, self.timeout_s) is PilotStatus.CANCELLED
+        final = stub_server.updates()[-1]
+        assert (final["state"], final["error_category"]) == ("failed", "killed")
+
+    def test_cancel_is_harmless_once_the_pilot_has_ended(
+        self, factory: PilotFactory, submit: Callable[..., list[PilotHandle]],
+    ) -> None:
+        [handle] = submit()
+        assert factory.wait(handle, self.timeout_s) is PilotStatus.DONE
+        factory.cancel(handle)
+        factory.cancel(handle)
+        assert factory.poll(handle) is PilotStatus.DONE
+
+    # --- cleanup -------------------------------------------------------------------------
+    def test_cleanup_forgets_an_ended_pilot_and_keeps_its_log(
+        self, factory: PilotFactory, submit: Callable[..., list[PilotHandle]],
+    ) -> None:
+        [handle] = submit()
+        assert factory.wait(handle, self.timeout_s) is PilotStatus.DONE
+        log_before = self.log_of(handle)
+        factory.cleanup(handle)
+        assert factory.poll(handle) is PilotStatus.UNKNOWN
+        factory.cleanup(handle)  # twice is harmless
+        assert self.log_of(handle) == log_before and handle.pilot_id in log_before
+
+    def test_cleanup_refuses_a_running_pilot(
+        self, factory: PilotFactory, submit: Callable[..., list[PilotHandle]],
+        stub_server: StubServer, make_spec: SpecMaker,
+    ) -> None:
+        stub_server.jobs = [make_spec()]
+        [handle] = submit(env={"TEST_SLEEP": "60"}, kill_grace=1)
+        assert wait_for(lambda: "running" in stub_server.states(), self.timeout_s)
+        with pytest.raises(ValueError, match="still running"):
+            factory.cleanup(handle)
+        assert factory.poll(handle) is PilotStatus.RUNNING
+
+    # --- limits --------------------------------------------------------------------------
+    @pytest.mark.parametrize(("n", "queue", "url"), [
+        (0, "Q", "http://s"), (4, "Q", "http://s"), (-1, "Q", "http://s"),
+        (True, "Q", "http://s"), (1.0, "Q", "http://s"), (1, "", "http://s"),
+        (1, "Q" * 129, "http://s"), (1, "Q; rm -rf /", "http://s"), (1, "Q\n", "http://s"),
+        (1, "Q", "file:///etc/passwd"), (1, "Q", "--server=x"),
+    ])
+    def test_a_submit_out_of_limits_is_refused_and_starts_nothing(
+        self, factory: PilotFactory, submit_opts: dict[str, Any], tmp_path: Path,
+        n: Any, queue: str, url: str,
+    ) -> None:
+        factory.max_per_submit = 3  # small, so a broken guard starts few pilots
+        # and any it wrongly starts leave at once
+        opts = {"give_up_after": 0.1, "idle_timeout": 0.1, **submit_opts}
+        with pytest.raises(SubmitError):
+            factory.submit(url, queue, n, tmp_path / "pilots", **opts)
+        assert not (tmp_path / "pilots").exists() or not any((tmp_path / "pilots").iterdir())
+
+    def test_the_default_limit_per_submit(self, factory: PilotFactory) -> None:
+        assert type(factory).max_per_submit == MAX_PER_SUBMIT
+
+    def test_max_jobs_bounds_what_one_pilot_runs(
+        self, factory: PilotFactory, submit: Callable[..., list[PilotHandle]],
+        stub_server: StubServer, make_spec: SpecMaker,
+    ) -> None:
+        stub_server.jobs = [make_spec() for _ in range(3)]
+        [handle] = submit(max_jobs=1)
+        assert factory.wait(handle, self.timeout_s) is PilotStatus.DONE
+        assert stub_server.states() == ["starting", "running", "finished"]
+        assert len(stub_server.jobs) == 2  # left for other pilots
+
+    def test_lifetime_bounds_how_long_a_pilot_takes_new_jobs(
+        self, factory: PilotFactory, submit: Callable[..., list[PilotHandle]],
+        stub_server: StubServer,
+    ) -> None:
+        stub_server.pending = lambda: 1  # jobs pending: without a lifetime it waits forever
+        [handle] = submit(lifetime=1)
+        assert factory.wait(handle, self.timeout_s) is PilotStatus.DONE
+        assert "lifetime of 1 s reached" in self.log_of(handle)
+
+    # --- handles -------------------------------------------------------------------------
+    def test_a_handle_of_another_backend_is_refused(self, factory: PilotFactory) -> None:
+        alien = PilotHandle("no-such-backend", "1", "x")
+        for call in (factory.poll, factory.cancel, factory.cleanup):
+            with pytest.raises(ValueError, match="no-such-backend"):
+                call(alien)
+
+    def test_a_handle_it_never_submitted_is_unknown_and_left_alone(
+        self, factory: PilotFactory,
+    ) -> None:
+        bystander = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"],
+                                     start_new_session=True)
+        try:
+            stranger = PilotHandle(factory.name, str(bystander.pid), "x")
+            assert factory.poll(stranger) is PilotStatus.UNKNOWN
+            factory.cancel(stranger)
+            factory.cleanup(stranger)
+            assert bystander.poll() is None and pid_alive(bystander.pid), \
+                "cancel signalled a process the factory did not start"
+        finally:
+            bystander.kill()
+            bystander.wait()
+
+
+class TestLocalFactory(PilotFactoryConformance):
+    @pytest.fixture
+    def factory(self) -> LocalFactory:
+        return LocalFactory()
+
+    def test_cancel_kills_the_payload_too(
+        self, factory: LocalFactory, submit: Callable[..., list[PilotHandle]],
+        stub_server: StubServer, make_spec: SpecMaker, tmp_path: Path,
+    ) -> None:
+        stub_server.jobs = [make_spec()]
+        [handle] = submit(env={"TEST_SLEEP": "60"}, kill_grace=1)
+        pid_files = (tmp_path / "pilots").glob
+        assert wait_for(lambda: list(pid_files("pilot-*/*/payload.pid")), self.timeout_s)
+        payload_pid = int(next(pid_files("pilot-*/*/payload.pid")).read_text())
+        factory.cancel(handle)
+        assert factory.wait(handle, self.timeout_s) is PilotStatus.CANCELLED
+        assert "SIGTERM" in stub_server.updates()[-1]["error_diag"]
+        assert wait_for(lambda: not pid_alive(payload_pid)), "the payload survived its pilot"
+
+    def test_a_pilot_killed_outright_is_failed_and_leaves_no_payload(
+        self, factory: LocalFactory, submit: Callable[..., list[PilotHandle]],
+        stub_server: StubServer, make_spec: SpecMaker, tmp_path: Path,
+    ) -> None:
+        stub_server.jobs = [make_spec()]
+        [handle] = submit(env={"TEST_SLEEP": "60"})
+        pid_files = (tmp_path / "pilots").glob
+        assert wait_for(lambda: list(pid_files("pilot-*/*/payload.pid")), self.timeout_s)
+        payload_pid = int(next(pid_files("pilot-*/*/payload.pid")).read_text())
+        os.killpg(int(handle.id), signal.SIGKILL)  # no chance to clean up
+        assert factory.wait(handle, self.timeout_s) is PilotStatus.FAILED
+        assert wait_for(lambda: not pid_alive(payload_pid)), "the payload outlived its pilot"
+
+
+def test_every_status_a_poll_can_end_on_is_final() -> None:
+    assert set(PilotStatus) - {PilotStatus.PENDING, PilotStatus.RUNNING} == PILOT_ENDED

@@ -1,0 +1,41 @@
+"""The pilot protocol as typed records: what the server and the pilot exchange.
+
+The one package of ours that both ends import. It is standard library only
+(dataclasses; the pilot installs with fsspec and httpx, no pydantic) and
+imports nothing of ours but ``dawms.catalog.states``, the table of what a pilot
+may report. ``protocol`` holds the paths, commands and error categories,
+``job`` the job spec, ``reports`` the acquire and update bodies and replies,
+``fields`` the strict ``from_dict``/``to_dict`` the records share.
+"""
+
+from .fields import Record, WireError
+from .job import InputFile, JobSpec, Movers, OutputSpec
+from .protocol import (
+    ACQUIRE_JOBS,
+    API,
+    ERROR_CATEGORIES,
+    FINAL_REPORT_STATES,
+    HTTP_STALE,
+    PING,
+    REPORTABLE_STATES,
+    UPDATE_JOB,
+    UPDATE_JOBS_BULK,
+    Command,
+    ErrorCategory,
+)
+from .reports import (
+    AcquireReply,
+    AcquireRequest,
+    BulkResult,
+    BulkUpdate,
+    JobReport,
+    OutputReport,
+    UpdateReply,
+)
+
+__all__ = [
+    "ACQUIRE_JOBS", "API", "ERROR_CATEGORIES", "FINAL_REPORT_STATES", "HTTP_STALE", "PING",
+    "REPORTABLE_STATES", "UPDATE_JOB", "UPDATE_JOBS_BULK", "AcquireReply", "AcquireRequest",
+    "BulkResult", "BulkUpdate", "Command", "ErrorCategory", "InputFile", "JobReport", "JobSpec",
+    "Movers", "OutputReport", "OutputSpec", "Record", "UpdateReply", "WireError",
+]
