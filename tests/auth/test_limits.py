@@ -10,6 +10,7 @@ import pytest
 from fastapi.testclient import TestClient
 from world_helpers import World, snapshot, spec
 
+from dawms.ddm_bridge.rucio.messages import MAX_BODY_BYTES as RUCIO_MAX
 from dawms.server.settings import ServerSettings
 
 pytestmark = pytest.mark.auth
@@ -72,9 +73,14 @@ def test_limits_come_from_the_settings_and_the_openapi_document(world: World, db
         assert doc["/api/v1/task/submit"]["post"]["x-max-body-bytes"] == 4096
         assert doc["/api/v1/pilot/update_jobs_bulk"]["post"]["x-max-body-bytes"] == 8192
         assert doc["/api/v1/ddm/event"]["post"]["x-max-body-bytes"] == 2 * MB
+        # hermes' route takes the bound its own parser enforces, whatever the settings
+        assert doc["/api/v1/ddm/rucio/messages"]["post"]["x-max-body-bytes"] == RUCIO_MAX
         reply = api.post("/api/v1/task/submit", json={"x": "y" * 5000},
                          headers=world.headers("production"))
         _envelope(reply, 413, "larger than 4096 bytes")
+        for path in ("/api/v1/ddm/rucio/messages", "/api/v1/ddm/rucio/_bulk"):
+            reply = api.post(path, content=b" " * (RUCIO_MAX + 1), headers=world.headers("ddm"))
+            _envelope(reply, 413, f"larger than {RUCIO_MAX} bytes")
 
 
 def test_a_ddm_bulk_of_1000_events_fits_and_1001_is_refused(world: World) -> None:

@@ -44,6 +44,8 @@ POLICY: dict[tuple[str, str], set[str] | None] = {  # None: public, no token nee
     ("POST", "/api/v1/job/reassign"): MANAGERS,
     ("GET", "/api/v1/summary"): ALL,
     ("POST", "/api/v1/ddm/event"): {"admin", "ddm"},
+    ("POST", "/api/v1/ddm/rucio/messages"): {"admin", "ddm"},
+    ("POST", "/api/v1/ddm/rucio/_bulk"): {"admin", "ddm"},
     ("GET", "/api/v1/factory/demand"): {"admin", "factory"},
     ("POST", "/api/v1/factory/pilot_token"): {"admin", "factory"},
 }
@@ -124,9 +126,17 @@ def _samples(world: World) -> dict[tuple[str, str], dict[str, Any]]:
         ("GET", "/api/v1/summary"): {},
         ("POST", "/api/v1/ddm/event"): {
             "json": {"dedup_key": "matrix", "outcome": "done", "external_id": "none"}},
+        # hermes' plain JSON form; this world's DDM is local, so an admitted caller gets 400
+        ("POST", "/api/v1/ddm/rucio/messages"): {"json": [_hermes_message()]},
+        ("POST", "/api/v1/ddm/rucio/_bulk"): {"json": [_hermes_message()]},
         ("GET", "/api/v1/factory/demand"): {"params": {"queue": "SITE_A_PROD"}},
         ("POST", "/api/v1/factory/pilot_token"): {"json": {"queues": ["SITE_A_PROD"]}},
     }
+
+
+def _hermes_message() -> dict[str, Any]:
+    return {"id": "matrix", "event_type": "RULE_OK", "created_at": "2026-12-01 17:00:00",
+            "payload": {"scope": "matrix", "name": "none", "rule_id": "f" * 32}}
 
 
 def _spec() -> dict[str, Any]:
