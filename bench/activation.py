@@ -61,7 +61,6 @@ from ._common import (
     wait_http,
 )
 
-HEADERS: dict[str, str] = {}  # what the DDM sends with its callback (a token, once required)
 HOLDER = "bench-ddm"
 APP = "dawms-bench-scheduler"  # the scheduler's connections, to see when it is idle
 
@@ -192,6 +191,14 @@ def wait_leases(db: Database, names: set[str], proc, timeout: float = 120) -> No
         time.sleep(0.1)
 
 
+def ddm_headers(db: Database) -> dict[str, str]:
+    """What the DDM sends with its callback: a real ``ddm`` token (auth is on, as in
+    production: the server verifies it on every callback)."""
+    from dawms.server.tokens import issue
+
+    return {"Authorization": f"Bearer {issue(db, role='ddm', subject=HOLDER)[0]}"}
+
+
 def run(admin_url: str, n: int, root: Path) -> dict:
     with throwaway_pg(admin_url, "activation") as url:
         db = Database(url)
@@ -212,13 +219,13 @@ def run(admin_url: str, n: int, root: Path) -> dict:
                                 root / "scheduler.log")
         try:
             base = f"http://127.0.0.1:{port}"
-            wait_http(f"{base}/api/v1/ping", server)
+            wait_http(f"{base}/healthz", server)
             wait_leases(db, {"refiner", "broker", "activator", "watcher", "finisher",
                              "transfer"}, scheduler)
             latencies: list[float] = []
             early = 0
             with db.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as watch, \
-                    httpx.Client(base_url=base, headers=HEADERS, timeout=30) as client:
+                    httpx.Client(base_url=base, headers=ddm_headers(db), timeout=30) as client:
                 for rid, job_id in pairs:
                     wait_idle(watch)
                     deliver(db, rid)

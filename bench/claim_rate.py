@@ -9,7 +9,8 @@ T concurrent claimers three ways:
 - ``claim_jobs``: dawms' own claim path (``catalog.transition.claim_jobs``, which
   also writes the history row), one job per call;
 - ``http``: ``POST /api/v1/pilot/acquire_jobs`` against a real ``dawms server``
-  process (uvicorn, one worker, no scheduler), one job per request.
+  process (uvicorn, one worker, no scheduler), one job per request, with a real
+  pilot token (auth on, as in production: the token is verified on every call).
 
 Every mode must hand out every job exactly once; the script fails otherwise.
 Logs each backend's result to stderr; the result is the last line of stdout.
@@ -123,12 +124,13 @@ def dawms_claim(db: Database, queue_id: int) -> Callable[[], int | None]:
     return claim
 
 
-def http_claim(url: str) -> Callable[[], int | None]:
+def http_claim(url: str, token: str) -> Callable[[], int | None]:
     local = threading.local()
 
     def claim() -> int | None:
         if not hasattr(local, "client"):
-            local.client = httpx.Client(base_url=url, timeout=30)
+            local.client = httpx.Client(base_url=url, timeout=30,
+                                        headers={"Authorization": f"Bearer {token}"})
         data = local.client.post("/api/v1/pilot/acquire_jobs",
                                  json={"queue": "BENCH_PROD", "pilot_id": "bench"}).json()
         jobs = data["data"]["jobs"]
@@ -142,7 +144,7 @@ def start_server(db_url: str, log_path: Path) -> tuple[subprocess.Popen[bytes], 
     proc = start_dawms(["server", "--no-scheduler", "--port", str(port)],
                        {"DAWMS_DB_URL": db_url}, log_path)
     url = f"http://127.0.0.1:{port}"
-    wait_http(f"{url}/api/v1/ping", proc)
+    wait_http(f"{url}/healthz", proc)
     return proc, url
 
 
@@ -159,8 +161,11 @@ def bench_backend(label: str, admin_url: str, n: int, threads: int, tmp: Path) -
             elif mode == "claim_jobs":
                 fn, engine = dawms_claim(db, queue_id), None
             else:
+                from dawms.server.tokens import issue
+
+                token, _ = issue(db, role="pilot", subject="bench", queues=["BENCH_PROD"])
                 proc, server = start_server(url, tmp / f"server-{label}.log")
-                fn, engine = http_claim(server), None
+                fn, engine = http_claim(server, token), None
             seconds, got = drain(threads, fn)
             if proc:
                 stop(proc)

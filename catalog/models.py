@@ -369,3 +369,27 @@ class DaemonLock(Base):
     name: Mapped[str] = mapped_column(String(64), primary_key=True)
     holder: Mapped[str] = mapped_column(String(255))
     acquired_until: Mapped[datetime] = mapped_column()
+
+
+# ---------------------------------------------------------------- trust
+class SigningKey(Base):
+    """A key the server signs tokens with: the newest unretired one signs, every
+    unretired one verifies. Shared through the catalog by every server process."""
+
+    __tablename__ = "signing_key"
+    kid: Mapped[str] = mapped_column(String(64), primary_key=True)
+    algorithm: Mapped[str] = mapped_column(String(8))
+    private_pem: Mapped[str] = mapped_column(Text)
+    public_pem: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    retired_at: Mapped[datetime | None] = mapped_column(nullable=True)
+
+
+class TokenRevocation(Base):
+    """A token revoked by its ``jti``: refused by every server process from then on."""
+
+    __tablename__ = "token_revocation"
+    jti: Mapped[str] = mapped_column(String(64), primary_key=True)
+    revoked_at: Mapped[datetime] = mapped_column(default=utcnow)
+    actor: Mapped[str] = mapped_column(String(128))
+    reason: Mapped[str] = mapped_column(Text, default="")

@@ -7,6 +7,11 @@ for inspection), and asks again. When no job comes it polls every
 pending (waiting for data) it keeps waiting, and once there has been neither a
 job nor a pending one for ``--idle-timeout`` seconds it exits 0. SIGTERM or
 SIGINT kill the running payload, report the job failed (``killed``) and exit.
+
+Its bearer token (a pilot token bound to its queue) comes from ``--token-file``
+or ``$DAWMS_TOKEN``, never from a command-line value (which any local user could
+read in the process list); the variable is removed at start, so payloads never
+see it.
 """
 
 from __future__ import annotations
@@ -34,7 +39,40 @@ from dawms.wire import WireError
 
 log = logging.getLogger("dawms.pilot.main")
 
-TOKEN_ENV = "DAWMS_PILOT_TOKEN"  # read once and removed, so payloads never see it
+TOKEN_ENV = "DAWMS_TOKEN"  # read once and removed, so payloads never see it
+_OLD_TOKEN_ENV = "DAWMS_PILOT_TOKEN"  # the earlier name, still read (and removed)
+MAX_TOKEN_BYTES = 8192
+
+
+class TokenFileError(Exception):
+    """The token file cannot be used."""
+
+
+def load_token(token_file: Path | None) -> str | None:
+    """The pilot's token: from ``token_file`` if given, else from the environment.
+
+    Both token variables are removed from the environment either way."""
+    from_env = os.environ.pop(TOKEN_ENV, None) or os.environ.pop(_OLD_TOKEN_ENV, None)
+    os.environ.pop(_OLD_TOKEN_ENV, None)
+    if token_file is None:
+        return from_env.strip() if from_env else None
+    try:
+        with open(token_file, "rb") as f:
+            raw = f.read(MAX_TOKEN_BYTES + 1)
+    except OSError as exc:
+        raise TokenFileError(f"cannot read the token file: {exc.strerror}") from None
+    if len(raw) > MAX_TOKEN_BYTES:
+        raise TokenFileError(f"the token file is larger than {MAX_TOKEN_BYTES} bytes")
+    try:
+        token = raw.decode("ascii").strip()
+    except UnicodeDecodeError:
+        raise TokenFileError("the token file is not ASCII text") from None
+    if not token:
+        raise TokenFileError("the token file is empty")
+    with contextlib.suppress(OSError):
+        if os.stat(token_file).st_mode & 0o077:
+            log.warning("the token file can be read by other users; chmod 600 it")
+    return token
 
 
 def default_pilot_id() -> str:
@@ -140,7 +178,8 @@ class Pilot:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="dawms-pilot", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="dawms-pilot", description=__doc__.split("\n\n")[0],
+                                allow_abbrev=False)  # --token must not mean --token-file
     p.add_argument("--server", required=True, help="server base URL, e.g. http://host:8080")
     p.add_argument("--queue", required=True, help="the queue (PanDA resource) to pull jobs for")
     p.add_argument("--workdir", type=Path, default=Path.cwd(), help="where job dirs go")
@@ -156,6 +195,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="seconds to keep retrying an unreachable server (default 3 h)")
     p.add_argument("--kill-grace", type=float, default=10.0,
                    help="seconds between SIGTERM and SIGKILL for a payload (default 10)")
+    p.add_argument("--token-file", type=Path, default=None,
+                   help=f"file holding the bearer token (default: ${TOKEN_ENV})")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     return p
 
@@ -165,7 +206,11 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(stream=sys.stderr, level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s [%(name)s] %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)
-    token = os.environ.pop(TOKEN_ENV, None)
+    try:
+        token = load_token(args.token_file)
+    except TokenFileError as exc:
+        log.error("%s", exc)
+        return 2
     with PilotClient(args.server, give_up_after_s=args.give_up_after, token=token) as client:
         pilot = Pilot(client, args.queue, args.workdir, pilot_id=args.pilot_id,
                       max_jobs=args.max_jobs, idle_timeout_s=args.idle_timeout,

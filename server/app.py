@@ -3,15 +3,20 @@
 ``create_app`` wires a database, a DDM backend and, in the embedded setup, the
 scheduler's daemons into the same process (SQLite: one server process does it
 all). The OpenAPI document is served at ``/openapi.json``.
+
+Every route declares its auth rule (``auth.py``); the routers are included with
+the envelope's error responses, and each route's body limit (``limits.py``) is
+resolved from the settings here. Auth is on unless ``DAWMS_AUTH=off``.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 
 from dawms import __version__
 from dawms.catalog.db import Database
@@ -20,12 +25,26 @@ from dawms.scheduler.config import SchedulerConfig
 from dawms.scheduler.runner import Scheduler
 
 from . import ddm as ddm_routes
-from . import envelope, pilot, staging, user
+from . import envelope, factory, health, keys, limits, pilot, staging, user
+from .auth import ANY
+from .schemas import Envelope
+from .settings import ServerSettings
+from .tokens import Verifier
+
+log = logging.getLogger(__name__)
 
 
 def create_app(db: Database, ddm: DDM, cfg: SchedulerConfig | None = None, *,
-               with_scheduler: bool = False) -> FastAPI:
+               with_scheduler: bool = False, settings: ServerSettings | None = None) -> FastAPI:
     cfg = cfg or SchedulerConfig()
+    settings = settings or ServerSettings()
+    verifier = None
+    if settings.auth == "on":
+        keys.ensure_key(db)  # the first start makes the signing key
+        verifier = Verifier(db, settings)
+    else:
+        log.warning("DAWMS_AUTH=off: every caller without a token is an admin; "
+                    "for development on a loopback address only")
     scheduler = Scheduler(db, ddm, cfg) if with_scheduler else None
 
     @asynccontextmanager
@@ -39,19 +58,34 @@ def create_app(db: Database, ddm: DDM, cfg: SchedulerConfig | None = None, *,
                 scheduler.stop()
 
     app = FastAPI(title="dawms", version=__version__, lifespan=lifespan,
+                  docs_url=None, redoc_url=None,
                   description="Data-aware workload management: tasks over datasets, "
-                              "jobs brokered to the data, pilots that pull them.")
+                              "jobs brokered to the data, pilots that pull them. Every "
+                              "operation but /healthz, /readyz and this document needs a "
+                              "bearer token; bodies are bounded (x-max-body-bytes).")
     app.state.db, app.state.ddm, app.state.cfg = db, ddm, cfg
     app.state.scheduler = scheduler
     app.state.queue_cache = {}
+    app.state.settings, app.state.verifier = settings, verifier
     envelope.install(app)
-    app.include_router(pilot.router)
-    app.include_router(user.router)
-    app.include_router(ddm_routes.router)
-    app.include_router(staging.router)
+    app.include_router(health.router)
+    for router in (pilot.router, user.router, ddm_routes.router, factory.router,
+                   staging.router):
+        app.include_router(router, responses=envelope.ERROR_RESPONSES)
 
-    @app.get("/api/v1/ping", tags=["monitor"])
+    @app.get("/api/v1/ping", tags=["monitor"], response_model=Envelope,
+             responses=envelope.ERROR_RESPONSES, dependencies=[Depends(ANY)])
     def ping() -> dict[str, Any]:
         return envelope.ok({"version": __version__, "scheduler": scheduler is not None})
 
+    app.add_middleware(limits.BodyLimit, fastapi_app=app, settings=settings)
+    make_document = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            app.openapi_schema = limits.document(make_document(), settings)
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
     return app
+

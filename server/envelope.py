@@ -1,6 +1,9 @@
 """Replies and errors in one shape; our exceptions mapped to HTTP codes in one place.
 
-Bad input is a 4xx with a message, never a 500, on every backend: a value the
+Every error, FastAPI's and Starlette's own included (401/403 from the rules,
+404 for an unknown path, 405, a body that does not parse, 413), answers
+``{success: false, message, data: null}``; ``ERROR_RESPONSES`` declares them in
+the OpenAPI document. Bad input is a 4xx with a message, never a 500, on every backend: a value the
 database refuses (too long for its column, out of range: ``DataError`` on
 PostgreSQL, ``OverflowError`` from sqlite3 for an int beyond 64 bits) is a 400
 ``invalid value: ...``, and an integer path or query parameter beyond 64 bits is
@@ -10,12 +13,14 @@ refused (422) before the endpoint runs, so it never reaches the database.
 from __future__ import annotations
 
 import typing
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
 from sqlalchemy.exc import DataError
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from dawms.ddm_bridge.abc import DDMError
 from dawms.scheduler.report import BadReport, StaleReport
@@ -26,6 +31,26 @@ INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 
 def ok(data: Any = None, message: str = "") -> dict[str, Any]:
     return {"success": True, "message": message, "data": data}
+
+
+class ErrorEnvelope(BaseModel):
+    """An error reply: ``success`` is false and ``message`` says why."""
+
+    success: Literal[False]
+    message: str
+    data: None = None
+
+
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorEnvelope, "description": text} for status, text in (
+        (400, "bad input, or a body that does not parse"),
+        (401, "no token, or one that is not valid (expired, revoked, unknown key or issuer)"),
+        (403, "the caller's role or binding does not allow this"),
+        (404, "no such thing"),
+        (409, "stale: the attempt or lease is no longer current"),
+        (413, "the body is larger than this route's limit (x-max-body-bytes)"),
+        (422, "the request does not match its schema or bounds"),
+    )}
 
 
 class NotFound(LookupError):
@@ -91,9 +116,10 @@ def _int64_params(request: Request) -> None:
 
 def install(app: FastAPI) -> None:
     """Error handlers and the 64-bit check; call before including the routers."""
-    def _reply(status: int, message: str) -> JSONResponse:
+    def _reply(status: int, message: str, headers: dict[str, str] | None = None
+               ) -> JSONResponse:
         return JSONResponse({"success": False, "message": message, "data": None},
-                            status_code=status)
+                            status_code=status, headers=headers)
 
     for exc_type, status in ERRORS:
         app.add_exception_handler(
@@ -102,6 +128,11 @@ def install(app: FastAPI) -> None:
         app.add_exception_handler(exc_type, lambda _r, exc: _reply(400, db_error(exc) or ""))
     # applies to every route included after this (app.py includes the routers next)
     app.router.dependencies.append(Depends(_int64_params))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        message = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
+        return _reply(exc.status_code, message, getattr(exc, "headers", None))
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:

@@ -17,7 +17,7 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Request
 from sqlalchemy import func, select
 
 from dawms.catalog.models import Job, Queue
@@ -27,8 +27,11 @@ from dawms.ddm_bridge.abc import DDMError
 from dawms.scheduler.report import StaleReport, pilot_update, stored_outputs
 from dawms.wire import BulkResult, JobReport
 
+from .auth import PILOT, Forbidden, check_queue, foreign_jobs
 from .envelope import DB_ERRORS, NotFound, db_error, ok
+from .limits import body_limit
 from .schemas import AcquireJobs, Envelope, JobUpdate, JobUpdates
+from .tokens import Principal
 
 router = APIRouter(prefix="/api/v1/pilot", tags=["pilot"])
 _QUEUE_TTL_S = 30.0
@@ -48,8 +51,10 @@ def _queue(request: Request, name: str) -> tuple[int, str]:
 
 
 @router.post("/acquire_jobs", response_model=Envelope)
-def acquire_jobs(body: AcquireJobs, request: Request) -> dict[str, Any]:
+def acquire_jobs(body: AcquireJobs, request: Request,
+                 who: Principal = Depends(PILOT)) -> dict[str, Any]:
     """Claim up to ``n_jobs`` activated jobs of the queue for this pilot."""
+    check_queue(who, body.queue)
     queue_id, status = _queue(request, body.queue)
     if status not in QUEUE_SERVED:
         return ok({"jobs": [], "pending": 0}, f"queue {body.queue} is {status}")
@@ -75,16 +80,25 @@ def _apply(request: Request, update: JobUpdate) -> dict[str, Any]:
 
 
 @router.post("/update_job", response_model=Envelope)
-def update_job(body: JobUpdate, request: Request) -> dict[str, Any]:
+def update_job(body: JobUpdate, request: Request,
+               who: Principal = Depends(PILOT)) -> dict[str, Any]:
     """A heartbeat or a state report; the final one carries the outputs."""
+    if foreign_jobs(request, who, [body.job_id]):
+        raise Forbidden(f"job {body.job_id} is not of a queue this token is bound to")
     return ok(_apply(request, body))
 
 
-@router.post("/update_jobs_bulk", response_model=Envelope)
-def update_jobs_bulk(body: JobUpdates, request: Request) -> dict[str, Any]:
+@router.post("/update_jobs_bulk", response_model=Envelope, openapi_extra=body_limit("bulk"))
+def update_jobs_bulk(body: JobUpdates, request: Request,
+                     who: Principal = Depends(PILOT)) -> dict[str, Any]:
     """Many updates at once; each is applied (or refused) on its own."""
-    results = []
+    results: list[dict[str, Any]] = []
+    foreign = foreign_jobs(request, who, [u.job_id for u in body.updates])
     for update in body.updates:
+        if update.job_id in foreign:
+            results.append({"job_id": update.job_id, "success": False, "stale": False,
+                            "message": "not of a queue this token is bound to"})
+            continue
         try:
             result = BulkResult(job_id=update.job_id, success=True,
                                 **_apply(request, update))

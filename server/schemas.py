@@ -109,7 +109,13 @@ class DDMEventIn(BaseModel):
     outcome: str = Field(max_length=16, description="done | failed | cancelled")
     request_id: Id | None = None
     external_id: ExternalId | None = None
-    error: str = ""
+    error: str = Field("", max_length=4000)
+
+
+class DDMEventsIn(BaseModel):
+    """A bulk of DDM events (Rucio's hermes posts up to 1,000 at a time)."""
+
+    events: list[DDMEventIn] = Field(min_length=1, max_length=1000)
 
 
 class KillJobs(BaseModel):

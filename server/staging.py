@@ -10,12 +10,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Header, Query, Request
+from fastapi import APIRouter, Depends, Query, Request
 from pydantic import BaseModel, Field
 
 from dawms.carousel.manage import MAX_IDS, cancel_requests, list_requests, set_priority
 from dawms.catalog.states import StagingState
 
+from .auth import ANY, STAGING, Principal
 from .envelope import ok
 from .schemas import Envelope, Id
 
@@ -33,7 +34,7 @@ class StagingPriority(BaseModel):
     priority: int = Field(ge=-(2**31), le=2**31 - 1)
 
 
-@router.get("/list", response_model=Envelope)
+@router.get("/list", response_model=Envelope, dependencies=[Depends(ANY)])
 def staging_list(request: Request, task_id: int | None = Query(None, ge=1),
                  state: str | None = Query(None, pattern=f"^({STATES})$"),
                  limit: int = Query(100, ge=1, le=10000)) -> dict[str, Any]:
@@ -44,14 +45,14 @@ def staging_list(request: Request, task_id: int | None = Query(None, ge=1),
 
 @router.post("/cancel", response_model=Envelope)
 def staging_cancel(body: CancelStaging, request: Request,
-                   x_dawms_user: str | None = Header(None)) -> dict[str, Any]:
+                   who: Principal = Depends(STAGING)) -> dict[str, Any]:
     """Cancel requests: per id "cancelled", its final state, or "unknown"."""
     with request.app.state.db.session() as s:
-        return ok(cancel_requests(s, body.request_ids, actor=f"user:{x_dawms_user or 'unknown'}"
-                                  [:128], reason=body.reason))
+        return ok(cancel_requests(s, body.request_ids, actor=f"user:{who.subject}"[:128],
+                                  reason=body.reason))
 
 
-@router.post("/priority", response_model=Envelope)
+@router.post("/priority", response_model=Envelope, dependencies=[Depends(STAGING)])
 def staging_priority(body: StagingPriority, request: Request) -> dict[str, Any]:
     """Change the priority of open requests: per id "<old> -> <new>", its final state, or
     "unknown"."""

@@ -1,7 +1,8 @@
 """User endpoints: submit tasks, list and show tasks and jobs, the summary.
 
-Production managers submit; analysts and operators look. Replies are plain
-JSON built from column selections (no lazy loads per row).
+Production managers submit and manage any task; analysts submit and manage their
+own (the owner is the token's subject); every authenticated caller may read.
+Replies are plain JSON built from column selections (no lazy loads per row).
 """
 
 from __future__ import annotations
@@ -9,7 +10,8 @@ from __future__ import annotations
 from collections import defaultdict
 from typing import Any
 
-from fastapi import APIRouter, Body, Header, Query, Request
+from fastapi import APIRouter, Body, Depends, Query, Request
+from fastapi.exceptions import RequestValidationError
 from sqlalchemy import func, select
 
 from dawms.catalog.models import (
@@ -27,10 +29,13 @@ from dawms.scheduler.kill import kill_jobs, kill_task
 from dawms.scheduler.rebroker import reassign_jobs, reassign_task
 from dawms.scheduler.task import submit
 
+from .auth import ANY, MANAGE, SUBMIT, check_own_jobs, check_own_tasks, owner_for_submit
 from .envelope import NotFound, ok
 from .schemas import Envelope, KillJobs, KillTask, ReassignJobs, ReassignTask
+from .tokens import Principal
 
 router = APIRouter(prefix="/api/v1", tags=["user"])
+MAX_TRANSFORMATION = 16384  # characters; it is copied into every job
 
 TASK_COLS = ("id", "name", "owner", "state", "priority", "input_datasets", "output_dataset",
              "log_dataset", "split", "resources", "retry", "transformation", "error",
@@ -59,10 +64,16 @@ def _history(s: Any, entity: str, entity_id: int) -> list[dict[str, Any]]:
 
 @router.post("/task/submit", response_model=Envelope, tags=["task"])
 def task_submit(request: Request, spec: dict[str, Any] = Body(...),
-                x_dawms_user: str | None = Header(None)) -> dict[str, Any]:
+                who: Principal = Depends(SUBMIT)) -> dict[str, Any]:
     """Register a task; an invalid spec or unknown input dataset is a 400 listing why."""
+    transformation = spec.get("transformation")
+    if isinstance(transformation, str) and len(transformation) > MAX_TRANSFORMATION:
+        raise RequestValidationError([{
+            "loc": ("body", "transformation"), "type": "string_too_long", "input": None,
+            "msg": f"is {len(transformation)} characters; at most {MAX_TRANSFORMATION}"}])
+    owner = owner_for_submit(who, spec)
     with request.app.state.db.session() as s:
-        task = submit(s, spec, request.app.state.ddm, owner=x_dawms_user)
+        task = submit(s, spec, request.app.state.ddm, owner=owner)
         return ok({"task_id": task.id, "state": task.state}, f"task {task.id} registered")
 
 
@@ -75,7 +86,7 @@ def _job_counts(s: Any, task_ids: list[int]) -> dict[int, dict[str, int]]:
     return counts
 
 
-@router.get("/task/list", response_model=Envelope, tags=["task"])
+@router.get("/task/list", response_model=Envelope, tags=["task"], dependencies=[Depends(ANY)])
 def task_list(request: Request, state: str | None = None,
               limit: int = Query(100, ge=1, le=10000)) -> dict[str, Any]:
     with request.app.state.db.session() as s:
@@ -87,7 +98,8 @@ def task_list(request: Request, state: str | None = None,
         return ok([{**_row(t, TASK_COLS), "jobs": counts.get(t.id, {})} for t in tasks])
 
 
-@router.get("/task/{task_id}", response_model=Envelope, tags=["task"])
+@router.get("/task/{task_id}", response_model=Envelope, tags=["task"],
+            dependencies=[Depends(ANY)])
 def task_show(task_id: int, request: Request) -> dict[str, Any]:
     with request.app.state.db.session() as s:
         task = s.get(Task, task_id)
@@ -99,43 +111,43 @@ def task_show(task_id: int, request: Request) -> dict[str, Any]:
 
 @router.post("/task/kill", response_model=Envelope, tags=["task"])
 def task_kill(body: KillTask, request: Request,
-              x_dawms_user: str | None = Header(None)) -> dict[str, Any]:
+              who: Principal = Depends(MANAGE)) -> dict[str, Any]:
     """Abort a task: queued jobs are cancelled, running ones told to die."""
     with request.app.state.db.session() as s:
-        jobs = kill_task(s, body.task_id, actor=f"user:{x_dawms_user or 'unknown'}",
-                         reason=body.reason)
+        check_own_tasks(s, who, [body.task_id])
+        jobs = kill_task(s, body.task_id, actor=who.actor, reason=body.reason)
     return ok({"task_id": body.task_id, "state": "aborted", "jobs": jobs})
 
 
 @router.post("/job/kill", response_model=Envelope, tags=["job"])
 def job_kill(body: KillJobs, request: Request,
-             x_dawms_user: str | None = Header(None)) -> dict[str, Any]:
+             who: Principal = Depends(MANAGE)) -> dict[str, Any]:
     """Kill jobs: per job "cancelled", "tobekilled" (its pilot is told), its final state,
     or "unknown"."""
     with request.app.state.db.session() as s:
-        return ok(kill_jobs(s, body.job_ids, actor=f"user:{x_dawms_user or 'unknown'}",
-                            reason=body.reason))
+        check_own_jobs(s, who, body.job_ids)
+        return ok(kill_jobs(s, body.job_ids, actor=who.actor, reason=body.reason))
 
 
 @router.post("/task/reassign", response_model=Envelope, tags=["task"])
 def task_reassign(body: ReassignTask, request: Request,
-                  x_dawms_user: str | None = Header(None)) -> dict[str, Any]:
+                  who: Principal = Depends(MANAGE)) -> dict[str, Any]:
     """Rebroker every queued job of a task (to ``queue``, or away from where it is)."""
     with request.app.state.db.session() as s:
-        return ok(reassign_task(s, body.task_id, queue=body.queue,
-                                actor=f"user:{x_dawms_user or 'unknown'}"))
+        check_own_tasks(s, who, [body.task_id])
+        return ok(reassign_task(s, body.task_id, queue=body.queue, actor=who.actor))
 
 
 @router.post("/job/reassign", response_model=Envelope, tags=["job"])
 def job_reassign(body: ReassignJobs, request: Request,
-                 x_dawms_user: str | None = Header(None)) -> dict[str, Any]:
+                 who: Principal = Depends(MANAGE)) -> dict[str, Any]:
     """Rebroker queued jobs: per job "-> <new id>", "not queued (<state>)" or "unknown"."""
     with request.app.state.db.session() as s:
-        return ok(reassign_jobs(s, body.job_ids, queue=body.queue,
-                                actor=f"user:{x_dawms_user or 'unknown'}"))
+        check_own_jobs(s, who, body.job_ids)
+        return ok(reassign_jobs(s, body.job_ids, queue=body.queue, actor=who.actor))
 
 
-@router.get("/job/list", response_model=Envelope, tags=["job"])
+@router.get("/job/list", response_model=Envelope, tags=["job"], dependencies=[Depends(ANY)])
 def job_list(request: Request, task_id: int | None = None, state: str | None = None,
              limit: int = Query(1000, ge=1, le=100000)) -> dict[str, Any]:
     with request.app.state.db.session() as s:
@@ -148,7 +160,7 @@ def job_list(request: Request, task_id: int | None = None, state: str | None = N
         return ok([{**_row(j, JOB_COLS), "queue": qn} for j, qn in s.execute(q)])
 
 
-@router.get("/job/{job_id}", response_model=Envelope, tags=["job"])
+@router.get("/job/{job_id}", response_model=Envelope, tags=["job"], dependencies=[Depends(ANY)])
 def job_show(job_id: int, request: Request) -> dict[str, Any]:
     with request.app.state.db.session() as s:
         row = s.execute(select(Job, Queue.name).outerjoin(Queue, Queue.id == Job.queue_id)
@@ -165,7 +177,7 @@ def job_show(job_id: int, request: Request) -> dict[str, Any]:
                    "history": _history(s, "job", job_id)})
 
 
-@router.get("/summary", response_model=Envelope, tags=["monitor"])
+@router.get("/summary", response_model=Envelope, tags=["monitor"], dependencies=[Depends(ANY)])
 def summary(request: Request, task_id: int | None = None) -> dict[str, Any]:
     """Jobs by state and site, tasks by state, replication done, outputs registered."""
     with request.app.state.db.session() as s:

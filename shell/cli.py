@@ -1,13 +1,19 @@
 """The ``dawms`` command: run the server and scheduler, configure sites, submit and
-watch tasks and jobs, and run the demo. Tables for humans, ``--json`` for scripts.
+watch tasks and jobs, issue tokens, and run the demo. Tables for humans,
+``--json`` for scripts. Commands that call the server send ``$DAWMS_TOKEN`` (or
+``--token``); ``dawms token ...`` works on the catalog directly, like
+``dawms sites sync``.
 """
 
 from __future__ import annotations
 
 import argparse
 import getpass
+import ipaddress
 import json
 import logging
+import os
+import socket
 import sys
 import tomllib
 from pathlib import Path
@@ -35,7 +41,7 @@ def _table(title: str, rows: list[dict[str, Any]], cols: list[str]) -> None:
 def _client(args: argparse.Namespace):  # type: ignore[no-untyped-def]
     from .client import Client
 
-    return Client(args.server, user=getpass.getuser())
+    return Client(args.server, token=args.token or os.environ.get("DAWMS_TOKEN") or None)
 
 
 # ------------------------------------------------------------------ commands
@@ -48,18 +54,39 @@ def cmd_db_upgrade(args: argparse.Namespace, st: Settings) -> int:
     return 0
 
 
+def is_loopback(host: str) -> bool:
+    """True only if every address ``host`` names is a loopback address."""
+    try:
+        infos = socket.getaddrinfo(host, None)
+    except (socket.gaierror, UnicodeError):
+        return False
+    return bool(infos) and all(ipaddress.ip_address(i[4][0].split("%")[0]).is_loopback
+                               for i in infos)
+
+
 def cmd_server(args: argparse.Namespace, st: Settings) -> int:
     import uvicorn
+    from pydantic import ValidationError
 
     from dawms.catalog.db import Database
     from dawms.ddm_bridge import get_ddm
     from dawms.scheduler.config import SchedulerConfig
     from dawms.server.app import create_app
+    from dawms.server.settings import ServerSettings
 
+    try:
+        server_settings = ServerSettings()
+    except ValidationError as exc:
+        print(f"error: server settings: {exc}", file=sys.stderr)
+        return 2
+    if server_settings.auth == "off" and not is_loopback(args.host):
+        print(f"error: DAWMS_AUTH=off is for loopback binds only; refusing to serve "
+              f"{args.host} without authentication", file=sys.stderr)
+        return 2
     db = Database(st.db_url)
     db.upgrade()
     app = create_app(db, get_ddm(st.ddm), SchedulerConfig.from_env(),
-                     with_scheduler=args.scheduler)
+                     with_scheduler=args.scheduler, settings=server_settings)
     try:  # with --no-scheduler on PostgreSQL, commits still NOTIFY schedulers elsewhere
         uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level,
                     access_log=False)
@@ -297,6 +324,88 @@ def cmd_staging_change(args: argparse.Namespace, st: Settings) -> int:
     return 0 if all(v in good or " -> " in v for v in result.values()) else 1
 
 
+def _token_db(st: Settings):  # type: ignore[no-untyped-def]
+    from dawms.catalog.db import Database
+
+    db = Database(st.db_url)
+    db.upgrade()
+    return db
+
+
+def cmd_token_issue(args: argparse.Namespace, st: Settings) -> int:
+    from dawms.server.tokens import TokenRequestError, issue, parse_duration
+
+    try:
+        lifetime = parse_duration(args.expires)
+        db = _token_db(st)
+        token, claims = issue(db, role=args.role, subject=args.subject,
+                              queues=args.queue or [], lifetime_s=lifetime)
+    except TokenRequestError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if args.json:
+        _print_json({"token": token, **claims})
+    else:
+        print(token)
+        print(f"jti {claims['jti']} role {claims['role']} subject {claims['sub']} expires "
+              f"{claims['exp']}", file=sys.stderr)
+    return 0
+
+
+def cmd_token_revoke(args: argparse.Namespace, st: Settings) -> int:
+    from dawms.server.tokens import TokenRequestError, revoke
+
+    try:
+        new = revoke(_token_db(st), args.jti, actor=getpass.getuser(), reason=args.reason)
+    except TokenRequestError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"token {args.jti} revoked" if new else f"token {args.jti} was revoked already")
+    return 0
+
+
+def cmd_token_rotate(args: argparse.Namespace, st: Settings) -> int:
+    from dawms.server import keys
+
+    kid = keys.rotate(_token_db(st))
+    print(f"new signing key {kid}; older keys verify until `dawms token retire-key KID`")
+    return 0
+
+
+def cmd_token_retire(args: argparse.Namespace, st: Settings) -> int:
+    from dawms.server import keys
+
+    if not keys.retire(_token_db(st), args.kid):
+        print(f"error: no unretired key {args.kid[:64]!r}", file=sys.stderr)
+        return 2
+    print(f"key {args.kid} retired: tokens it signed are refused")
+    return 0
+
+
+def cmd_token_keys(args: argparse.Namespace, st: Settings) -> int:
+    from dawms.server import keys
+
+    rows = keys.list_keys(_token_db(st))
+    if args.json:
+        _print_json(rows)
+    else:
+        _table("signing keys", rows, ["kid", "algorithm", "created_at", "retired_at"])
+    return 0
+
+
+def cmd_token_hash_secret(args: argparse.Namespace, st: Settings) -> int:
+    """Read a secret from stdin (never the command line) and print its scrypt hash."""
+    from dawms.server.auth import hash_secret
+
+    secret = (getpass.getpass("secret: ") if sys.stdin.isatty()
+              else sys.stdin.readline()).rstrip("\n")
+    if not 12 <= len(secret) <= 1024:
+        print("error: a secret must be 12 to 1024 characters", file=sys.stderr)
+        return 2
+    print(hash_secret(secret))
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace, st: Settings) -> int:
     from .demo import run_demo
 
@@ -308,6 +417,8 @@ def build_parser() -> argparse.ArgumentParser:
     st_server = Settings.from_env().server
     p = argparse.ArgumentParser(prog="dawms", description="data-aware workload management")
     p.add_argument("--server", default=st_server, help="dawms server URL ($DAWMS_SERVER)")
+    p.add_argument("--token", default=None,
+                   help="bearer token for the server (default $DAWMS_TOKEN)")
     p.add_argument("-v", "--verbose", action="store_true")
     sub = p.add_subparsers(dest="cmd", required=True)
 
@@ -411,6 +522,32 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("ids", type=int, nargs="+")
     sp.add_argument("--json", action="store_true")
     sp.set_defaults(fn=cmd_staging_change, what="priority")
+
+    tok = sub.add_parser("token", help="tokens and signing keys (works on the catalog)"
+                         ).add_subparsers(dest="sub", required=True)
+    ti = tok.add_parser("issue", help="print a new signed token")
+    ti.add_argument("--role", required=True,
+                    help="admin, production, analyst, reader, pilot, factory or ddm")
+    ti.add_argument("--subject", required=True, help="who the token speaks for")
+    ti.add_argument("--queue", action="append",
+                    help="a queue a pilot or factory token is bound to (repeat)")
+    ti.add_argument("--expires", default="12h", help="lifetime: 30m, 12h, 7d (default 12h)")
+    ti.add_argument("--json", action="store_true", help="the token and its claims as JSON")
+    ti.set_defaults(fn=cmd_token_issue)
+    tv = tok.add_parser("revoke", help="refuse a token from now on, by its jti")
+    tv.add_argument("jti")
+    tv.add_argument("--reason", default="")
+    tv.set_defaults(fn=cmd_token_revoke)
+    tok.add_parser("rotate-key", help="make a new signing key (old ones still verify)"
+                   ).set_defaults(fn=cmd_token_rotate)
+    tr_ = tok.add_parser("retire-key", help="stop accepting tokens signed by a key")
+    tr_.add_argument("kid")
+    tr_.set_defaults(fn=cmd_token_retire)
+    tk_ = tok.add_parser("keys", help="list signing keys")
+    tk_.add_argument("--json", action="store_true")
+    tk_.set_defaults(fn=cmd_token_keys)
+    tok.add_parser("hash-secret", help="hash a DDM Basic secret read from stdin, for "
+                   "DAWMS_DDM_BASIC_USERS").set_defaults(fn=cmd_token_hash_secret)
 
     d = sub.add_parser("demo", help="run the whole data-aware flow on one machine")
     d.add_argument("--json", action="store_true", help="print one JSON summary line at the end")

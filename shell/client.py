@@ -1,11 +1,13 @@
 """The Python client of the dawms server, for scripts, notebooks and the CLI.
 
     from dawms.client import Client
-    c = Client("http://127.0.0.1:8080")
+    c = Client("http://127.0.0.1:8080", token=os.environ["DAWMS_TOKEN"])
     task_id = c.submit_task({...})["task_id"]
     c.summary(task_id)
 
-Errors come back as ``DawmsError`` carrying the server's message and HTTP status.
+The token (``dawms token issue``) is sent as ``Authorization: Bearer``; it is
+never put in a URL or an error text. Errors come back as ``DawmsError`` carrying
+the server's message and HTTP status.
 """
 
 from __future__ import annotations
@@ -22,9 +24,9 @@ class DawmsError(Exception):
 
 
 class Client:
-    def __init__(self, server: str = "http://127.0.0.1:8080", *, user: str | None = None,
+    def __init__(self, server: str = "http://127.0.0.1:8080", *, token: str | None = None,
                  timeout: float = 30.0) -> None:
-        headers = {"X-Dawms-User": user} if user else {}
+        headers = {"Authorization": f"Bearer {token.strip()}"} if token else {}
         self._http = httpx.Client(base_url=server.rstrip("/"), timeout=timeout, headers=headers)
 
     def close(self) -> None:
@@ -52,6 +54,22 @@ class Client:
 
     def ping(self) -> dict[str, Any]:
         return self._call("GET", "/ping")
+
+    def healthz(self) -> dict[str, Any]:
+        """The server is up (no token needed)."""
+        try:
+            resp = self._http.get("/healthz")
+        except httpx.HTTPError as exc:
+            raise DawmsError(f"cannot reach the dawms server at {self._http.base_url}: {exc}",
+                             0) from None
+        if resp.status_code != 200:
+            raise DawmsError(f"healthz answered {resp.status_code}", resp.status_code)
+        return resp.json().get("data") or {}
+
+    def pilot_token(self, queues: list[str], lifetime_s: int = 6 * 3600) -> dict[str, Any]:
+        """As a factory: a pilot token bound to ``queues``."""
+        return self._call("POST", "/factory/pilot_token",
+                          json={"queues": queues, "lifetime_s": lifetime_s})
 
     def submit_task(self, spec: dict[str, Any]) -> dict[str, Any]:
         return self._call("POST", "/task/submit", json=spec)

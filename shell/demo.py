@@ -6,6 +6,9 @@ every input event and writes a summary, a real server process (with the
 scheduler's daemons) and two pilot processes per site talking to it over HTTP.
 Shows live progress, then a summary; exits 0 only when every job finished and
 every output is registered with size and adler32 that match the bytes on disk.
+Auth stays on: the demo issues its own tokens in its catalog (a production token
+for itself, written to ``<dir>/token`` for the CLI, and a factory token with
+which it obtains each queue's pilot token from the server, as a factory does).
 Data goes through the configured DDM backend (``DAWMS_DDM``, ``local`` unless set)
 and every URL comes from its ``pfn()``: the demo knows no backend by name.
 """
@@ -131,6 +134,22 @@ def _setup(root: Path, say: Callable[[str], None]) -> tuple[dict[str, Any], int]
     return spec, n_files
 
 
+def _tokens(root: Path, queues: list[str]) -> tuple[str, str]:
+    """A production token (also written to ``root/token``, mode 600) and a factory token."""
+    from dawms.catalog.db import Database
+    from dawms.server.tokens import issue
+
+    db = Database(os.environ["DAWMS_DB_URL"])
+    user, _ = issue(db, role="production", subject="demo", lifetime_s=2 * 3600)
+    factory, _ = issue(db, role="factory", subject="demo-factory", queues=queues,
+                       lifetime_s=2 * 3600)
+    db.dispose()
+    path = root / "token"
+    path.touch(mode=0o600)
+    path.write_text(user + "\n")
+    return user, factory
+
+
 def _wait_ping(url: str, proc: subprocess.Popen[bytes], timeout: float = 60) -> None:
     from .client import Client, DawmsError
 
@@ -140,7 +159,7 @@ def _wait_ping(url: str, proc: subprocess.Popen[bytes], timeout: float = 60) -> 
             if proc.poll() is not None:
                 raise RuntimeError(f"the server exited with {proc.returncode}")
             try:
-                c.ping()
+                c.healthz()
                 return
             except DawmsError:
                 time.sleep(0.2)
@@ -221,6 +240,8 @@ def run_demo(json_out: bool = False, keep: bool = False, workdir: str | None = N
     t0 = time.monotonic()
     console.print(f"[bold]dawms demo[/] in {root}")
     spec, n_inputs = _setup(root, console.print)
+    queues = [f"SITE_{chr(65 + i)}_PROD" for i in range(N_SITES)]
+    user_token, factory_token = _tokens(root, queues)
     server_log = open(root / "server.log", "wb")  # noqa: SIM115 (closed in the finally)
     server = subprocess.Popen([sys.executable, "-m", "dawms", "server", "--port", str(port)],
                               stdout=server_log, stderr=subprocess.STDOUT,
@@ -230,13 +251,16 @@ def run_demo(json_out: bool = False, keep: bool = False, workdir: str | None = N
     try:
         _wait_ping(url, server)
         console.print(f"server: {url} (log {root / 'server.log'})")
-        client = Client(url, user="demo")
+        console.print(f"tokens: issued; for the CLI: export DAWMS_TOKEN=$(cat {root}/token)")
+        client = Client(url, token=user_token)
         task_id = client.submit_task(spec)["task_id"]
         console.print(f"task {task_id}: {n_inputs} input files, {FILES_PER_JOB} per job")
-        for i in range(N_SITES):
-            queue = f"SITE_{chr(65 + i)}_PROD"
-            handles += factory.submit(url, queue, PILOTS_PER_SITE, root / "pilots" / queue,
-                                      idle_timeout=15, poll_interval=0.5)
+        with Client(url, token=factory_token) as as_factory:
+            for queue in queues:
+                pilot_token = as_factory.pilot_token([queue], lifetime_s=3600)["token"]
+                handles += factory.submit(url, queue, PILOTS_PER_SITE, root / "pilots" / queue,
+                                          token=pilot_token, idle_timeout=15,
+                                          poll_interval=0.5)
         console.print(f"pilots: {len(handles)} processes, {PILOTS_PER_SITE} per site")
         with Live(console=console, refresh_per_second=4) as live:
             while time.monotonic() - t0 < TIMEOUT_S:

@@ -14,7 +14,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -99,14 +99,39 @@ def _free_port() -> int:
 
 
 @pytest.fixture
+def make_token(db: Database) -> Callable[..., str]:
+    """``make_token(role, subject="test", queues=())``: a real token signed by ``db``'s key."""
+    from dawms.server.tokens import issue
+
+    def make(role: str, subject: str = "test", queues: tuple[str, ...] | list[str] = (),
+             lifetime_s: int = 3600) -> str:
+        return issue(db, role=role, subject=subject, queues=list(queues),
+                     lifetime_s=lifetime_s)[0]
+
+    return make
+
+
+@pytest.fixture
+def bearer(make_token: Callable[..., str]) -> Callable[..., dict[str, str]]:
+    """``bearer(role, ...)``: the Authorization header of ``make_token(role, ...)``."""
+    def headers(role: str, subject: str = "test", queues: tuple[str, ...] | list[str] = ()
+                ) -> dict[str, str]:
+        return {"Authorization": f"Bearer {make_token(role, subject, queues)}"}
+
+    return headers
+
+
+@pytest.fixture
 def server(db: Database, tmp_path: Path) -> Iterator[str]:
-    """A real `dawms server` process (with its scheduler) over ``db``; SITE_B is brokeroff."""
+    """A real `dawms server` process (with its scheduler) over ``db``; SITE_B is brokeroff.
+
+    Auth is on, as in production: callers need tokens (``make_token``)."""
     cfg = site_config(tmp_path / "storage", ["SITE_A", "SITE_B", "SITE_C"])
     cfg["queue"][1]["status"] = "brokeroff"  # SITE_B's data must move to run
     with db.session() as s:
         sync(s, validate(cfg), actor="test", source="e2e")
     port = _free_port()
-    env = {**os.environ, "DAWMS_DB_URL": db.url, "DAWMS_HEARTBEAT_S": "1",
+    env = {**os.environ, "DAWMS_DB_URL": db.url, "DAWMS_AUTH": "on", "DAWMS_HEARTBEAT_S": "1",
            "DAWMS_INTERVAL_S": "1", "DAWMS_TRANSFER_INTERVAL_S": "0.5",
            "DAWMS_SENT_TIMEOUT_S": "30", "DAWMS_HEARTBEAT_TIMEOUT_S": "8"}
     log = open(tmp_path / "server.log", "wb")  # noqa: SIM115 (closed after the yield)
@@ -118,7 +143,7 @@ def server(db: Database, tmp_path: Path) -> Iterator[str]:
     while True:
         assert proc.poll() is None, (tmp_path / "server.log").read_text()
         try:
-            httpx.get(f"{url}/api/v1/ping", timeout=1).raise_for_status()
+            httpx.get(f"{url}/readyz", timeout=1).raise_for_status()
             break
         except httpx.HTTPError:
             assert time.monotonic() < deadline, "server did not start"

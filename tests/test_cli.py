@@ -1,12 +1,15 @@
-"""The `dawms` command as a user runs it: site sync, data upload, task and job views."""
+"""The `dawms` command as a user runs it: site sync, data upload, task and job views,
+and tokens: issued, used against a real server, revoked, keys rotated."""
 
 from __future__ import annotations
 
 import json
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
+import httpx
 import pytest
 from sqlalchemy import func, select
 
@@ -66,8 +69,9 @@ def test_sites_sync_shows_the_diff_and_dry_run_changes_nothing(
 
 def test_task_and_job_commands_against_a_real_server(
         db: Database, server: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-        capsys: pytest.CaptureFixture[str]) -> None:
+        capsys: pytest.CaptureFixture[str], make_token: Callable[..., str]) -> None:
     monkeypatch.setenv("DAWMS_DB_URL", db.url)
+    monkeypatch.setenv("DAWMS_TOKEN", make_token("production", "cli"))
     files = []
     for i in range(4):
         p = tmp_path / f"raw._{i:06d}"
@@ -110,3 +114,65 @@ files_per_job = 2
     assert code == 1 and "cli:nothing is not known" in err
     code, _, err = _run(capsys, "--server", "http://127.0.0.1:9", "task", "list")
     assert code == 1 and "cannot reach the dawms server" in err
+
+
+def _ping(server: str, token: str) -> int:
+    return httpx.get(f"{server}/api/v1/ping", headers={"Authorization": f"Bearer {token}"},
+                     timeout=10).status_code
+
+
+@pytest.mark.auth
+def test_token_commands_issue_revoke_and_rotate_against_a_real_server(
+        db: Database, server: str, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("DAWMS_DB_URL", db.url)
+    monkeypatch.delenv("DAWMS_TOKEN", raising=False)
+    code, out, err = _run(capsys, "token", "issue", "--role", "reader", "--subject", "prom",
+                          "--expires", "30m")
+    assert code == 0 and out.count("\n") == 1 and "jti " in err
+    token = out.strip()
+    code, out, err = _run(capsys, "--server", server, "--token", token, "task", "list",
+                          "--json")
+    assert code == 0 and json.loads(out) == []
+    code, out, _ = _run(capsys, "--server", server, "task", "list")
+    assert code == 1  # no token at all
+    code, out, _ = _run(capsys, "token", "issue", "--role", "pilot", "--subject", "p",
+                        "--json")
+    assert code == 2  # a pilot token must name its queues
+    code, out, _ = _run(capsys, "token", "issue", "--role", "pilot", "--subject", "p",
+                        "--queue", "SITE_A_PROD", "--expires", "2h", "--json")
+    claims = json.loads(out)
+    assert claims["queues"] == ["SITE_A_PROD"] and claims["exp"] - claims["iat"] == 7200
+    # revoke a reader token: refused from then on, by the running server
+    leaked = json.loads(_issue_json(capsys, "reader", "prom2"))
+    assert _ping(server, leaked["token"]) == 200
+    code, out, _ = _run(capsys, "token", "revoke", leaked["jti"], "--reason", "leaked")
+    assert code == 0 and "revoked" in out
+    reader_jti = leaked["jti"]
+    assert _ping(server, leaked["token"]) == 401
+    code, out, _ = _run(capsys, "token", "revoke", reader_jti)
+    assert code == 0 and "already" in out
+    # rotation: the new key signs, the old one still verifies until retired
+    old_kid = json.loads(_run(capsys, "token", "keys", "--json")[1])[0]["kid"]
+    code, out, _ = _run(capsys, "token", "rotate-key")
+    assert code == 0 and "new signing key" in out
+    new_token = _issue_json(capsys, "reader", "after-rotation")
+    deadline = time.monotonic() + 30  # the server looks up an unknown kid at most once a second
+    while _ping(server, json.loads(new_token)["token"]) != 200:  # signed by the new key
+        assert time.monotonic() < deadline, "a token of the new key is refused"
+        time.sleep(0.2)
+    assert _ping(server, token) == 200  # signed by the old key
+    code, out, _ = _run(capsys, "token", "retire-key", old_kid)
+    assert code == 0
+    deadline = time.monotonic() + 30  # the server caches verifying keys for a while
+    while _ping(server, token) != 401:
+        assert time.monotonic() < deadline, "a retired key still verifies"
+        time.sleep(0.5)
+    assert _ping(server, json.loads(new_token)["token"]) == 200
+
+
+def _issue_json(capsys: pytest.CaptureFixture[str], role: str, subject: str) -> str:
+    code, out, _ = _run(capsys, "token", "issue", "--role", role, "--subject", subject,
+                        "--json")
+    assert code == 0
+    return out

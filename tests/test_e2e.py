@@ -69,14 +69,17 @@ def _check_outputs(db: Database) -> int:
 
 
 def test_whole_flow_with_replication(db: Database, ddm: LocalDDM, server: str,
-                                     tmp_path: Path) -> None:
+                                     tmp_path: Path, make_token) -> None:
     make_dataset(db, ddm, "e2e:raw.A", "SITE_A_DISK", 8, tmp_path, seed=1)
     make_dataset(db, ddm, "e2e:raw.B", "SITE_B_DISK", 8, tmp_path, seed=2)
     factory = LocalFactory()
-    with Client(server, user="prodmgr") as client:
+    with Client(server, token=make_token("production", "prodmgr")) as client, \
+            Client(server, token=make_token("factory", "f", ["SITE_A_PROD", "SITE_C_PROD"])
+                   ) as as_factory:
         task_id = client.submit_task(_spec())["task_id"]
         handles = [h for q in ("SITE_A_PROD", "SITE_C_PROD") for h in factory.submit(
-            server, q, 1, tmp_path / "pilots" / q, idle_timeout=5, poll_interval=0.3)]
+            server, q, 1, tmp_path / "pilots" / q, idle_timeout=5, poll_interval=0.3,
+            token=as_factory.pilot_token([q])["token"])]
         task = _wait_task(client, task_id)
         summary = client.summary(task_id)
     for h in handles:
@@ -119,14 +122,15 @@ def test_whole_flow_with_replication(db: Database, ddm: LocalDDM, server: str,
 
 
 def test_dead_pilot_attempt_is_retried_and_fenced(db: Database, ddm: LocalDDM, server: str,
-                                                  tmp_path: Path) -> None:
+                                                  tmp_path: Path, make_token) -> None:
     make_dataset(db, ddm, "e2e:raw.A", "SITE_A_DISK", 2, tmp_path, seed=3)
     spec = {**_spec(sleep=120), "input_datasets": ["e2e:raw.A"]}
     factory = LocalFactory()
-    with Client(server, user="prodmgr") as client:
+    pilot_token = make_token("pilot", "p", ["SITE_A_PROD"])
+    with Client(server, token=make_token("production", "prodmgr")) as client:
         task_id = client.submit_task(spec)["task_id"]
         first = factory.submit(server, "SITE_A_PROD", 1, tmp_path / "p1", idle_timeout=30,
-                               poll_interval=0.3)[0]
+                               poll_interval=0.3, token=pilot_token)[0]
         deadline = time.monotonic() + 60
         while not client.jobs(task_id=task_id, state="running"):
             assert time.monotonic() < deadline, client.summary(task_id)
@@ -136,7 +140,7 @@ def test_dead_pilot_attempt_is_retried_and_fenced(db: Database, ddm: LocalDDM, s
             old_fence = {"job_id": old.id, "attempt": 1, "lease_token": old.lease_token}
         os.killpg(int(first.id), signal.SIGKILL)  # the pilot and its payload vanish
         second = factory.submit(server, "SITE_A_PROD", 1, tmp_path / "p2", idle_timeout=20,
-                                poll_interval=0.3)[0]
+                                poll_interval=0.3, token=pilot_token)[0]
         task = _wait_task(client, task_id)
         jobs = client.jobs(task_id=task_id)
     factory.cancel(second)  # it would idle a while longer; the work is done
@@ -144,24 +148,27 @@ def test_dead_pilot_attempt_is_retried_and_fenced(db: Database, ddm: LocalDDM, s
     assert sorted((j["attempt"], j["state"]) for j in jobs) == [(1, "failed"), (2, "finished")]
     assert jobs[0]["error_category"] == "lost_heartbeat"
     # the dead attempt can never come back: its lease is refused, nothing changes
+    # (with the queue's pilot token: the lease, not the token, is what fences an attempt)
     reply = httpx.post(f"{server}/api/v1/pilot/update_job",
-                       json={**old_fence, "state": "finished", "outputs": []})
+                       json={**old_fence, "state": "finished", "outputs": []},
+                       headers={"Authorization": f"Bearer {pilot_token}"})
     assert reply.status_code == 409
     assert reply.json()["success"] is False and "failed" in reply.json()["message"]
-    with Client(server) as client:
+    with Client(server, token=make_token("reader")) as client:
         assert [j["state"] for j in client.jobs(task_id=task_id)] == ["failed", "finished"]
     assert _check_outputs(db) == 1
 
 
 def test_kill_reaches_the_running_payload_through_the_heartbeat(
-        db: Database, ddm: LocalDDM, server: str, tmp_path: Path) -> None:
+        db: Database, ddm: LocalDDM, server: str, tmp_path: Path, make_token) -> None:
     make_dataset(db, ddm, "e2e:raw.A", "SITE_A_DISK", 1, tmp_path, seed=5)
     spec = {**_spec(sleep=300), "input_datasets": ["e2e:raw.A"]}
     factory = LocalFactory()
-    with Client(server, user="analyst") as client:
+    with Client(server, token=make_token("analyst", "ana")) as client:
         task_id = client.submit_task(spec)["task_id"]
         pilot = factory.submit(server, "SITE_A_PROD", 1, tmp_path / "p", idle_timeout=3,
-                               poll_interval=0.3, kill_grace=2)[0]
+                               poll_interval=0.3, kill_grace=2,
+                               token=make_token("pilot", "p", ["SITE_A_PROD"]))[0]
         deadline = time.monotonic() + 60
         while not (running := client.jobs(task_id=task_id, state="running")):
             assert time.monotonic() < deadline, client.summary(task_id)

@@ -8,7 +8,7 @@ inside a bulk update (answered for that update only).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -31,10 +31,11 @@ SPEC = {"name": "bad", "transformation": "true {inputs} {output}",
 
 
 @pytest.fixture
-def api(db: Database, ddm: LocalDDM, sites: list[str], tmp_path: Path) -> Iterator[TestClient]:
+def api(db: Database, ddm: LocalDDM, sites: list[str], tmp_path: Path,
+        bearer: Callable[..., dict[str, str]]) -> Iterator[TestClient]:
     make_dataset(db, ddm, "bad:raw", "SITE_A_DISK", 3, tmp_path)
     # a 500 must show up as a status here, not as an exception in the test
-    with TestClient(create_app(db, ddm, SchedulerConfig()),
+    with TestClient(create_app(db, ddm, SchedulerConfig()), headers=bearer("admin"),
                     raise_server_exceptions=False) as client:
         yield client
 
@@ -98,9 +99,8 @@ def test_every_problem_of_a_spec_is_reported_at_once(db: Database, api: TestClie
     assert _counts(db) == (0, 0)
 
 
-def test_submitter_name_longer_than_the_owner_column_is_a_400(db: Database,
-                                                             api: TestClient) -> None:
-    reply = api.post("/api/v1/task/submit", json=SPEC, headers={"X-Dawms-User": "u" * 200})
+def test_owner_longer_than_the_owner_column_is_a_400(db: Database, api: TestClient) -> None:
+    reply = api.post("/api/v1/task/submit", json={**SPEC, "owner": "u" * 200})
     _refused(reply, 400, "owner is 200 characters; at most 128")
     assert _counts(db) == (0, 0)
 
@@ -112,8 +112,7 @@ def test_valid_spec_at_the_limits_is_accepted(db: Database, api: TestClient) -> 
             "log_dataset": "bad:" + "l" * 230,
             "split": {"gb_per_job": 1e-9}, "retry": {"max_attempts": 100},
             "resources": {"cores": 2**31 - 1}}
-    reply = api.post("/api/v1/task/submit", json=spec,
-                     headers={"X-Dawms-User": "u" * 128})
+    reply = api.post("/api/v1/task/submit", json=spec)
     assert reply.status_code == 200, reply.text
     with db.session() as s:
         task = s.get(Task, reply.json()["data"]["task_id"])
@@ -214,6 +213,7 @@ def test_a_ddm_error_in_a_bulk_update_is_answered_for_that_update_only(
         db: Database, ddm: LocalDDM, api: TestClient) -> None:
     _activate(db, ddm, api)
     with TestClient(create_app(db, UnreachableDDM(), SchedulerConfig()),
+                    headers={"Authorization": api.headers["Authorization"]},
                     raise_server_exceptions=False) as pilot_api:
         bad, good = _acquired(pilot_api, 2)
         outputs = [{"lfn": f["lfn"], "type": t, "size": 1, "adler32": "00000001"}

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -22,10 +22,11 @@ SPEC = {"name": "kill", "transformation": "true {inputs}", "input_datasets": ["k
 
 
 @pytest.fixture
-def api(db: Database, ddm: LocalDDM, sites: list[str], tmp_path: Path) -> Iterator[TestClient]:
+def api(db: Database, ddm: LocalDDM, sites: list[str], tmp_path: Path,
+        bearer: Callable[..., dict[str, str]]) -> Iterator[TestClient]:
     make_dataset(db, ddm, "k:raw", "SITE_A_DISK", 3, tmp_path)
     with TestClient(create_app(db, ddm, SchedulerConfig())) as client:
-        client.headers["X-Dawms-User"] = "analyst"
+        client.headers.update(bearer("admin", "analyst"))  # may call pilot routes too
         task_id = client.post("/api/v1/task/submit", json=SPEC).json()["data"]["task_id"]
         Scheduler(db, ddm).run_all_once()
         client.task_id = task_id  # type: ignore[attr-defined]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -23,10 +23,11 @@ SPEC = {"name": "rb", "transformation": "true {inputs}", "input_datasets": ["rb:
 
 
 @pytest.fixture
-def api(db: Database, ddm: LocalDDM, sites: list[str], tmp_path: Path) -> Iterator[TestClient]:
+def api(db: Database, ddm: LocalDDM, sites: list[str], tmp_path: Path,
+        bearer: Callable[..., dict[str, str]]) -> Iterator[TestClient]:
     make_dataset(db, ddm, "rb:raw", "SITE_A_DISK", 6, tmp_path)
     with TestClient(create_app(db, ddm, SchedulerConfig())) as client:
-        client.headers["X-Dawms-User"] = "analyst"
+        client.headers.update(bearer("admin", "analyst"))  # may call pilot routes too
         client.post("/api/v1/task/submit", json=SPEC).raise_for_status()
         client.scheduler = Scheduler(db, ddm)  # type: ignore[attr-defined]  # one lease holder
         client.scheduler.run_all_once()  # type: ignore[attr-defined]

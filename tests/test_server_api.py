@@ -6,7 +6,7 @@ daemons itself) over a real catalog on SQLite and PostgreSQL.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -27,9 +27,11 @@ SPEC = {"name": "api", "transformation": "true {inputs} {output}",
 
 
 @pytest.fixture
-def api(db: Database, ddm: LocalDDM, sites: list[str], tmp_path: Path) -> Iterator[TestClient]:
+def api(db: Database, ddm: LocalDDM, sites: list[str], tmp_path: Path,
+        bearer: Callable[..., dict[str, str]]) -> Iterator[TestClient]:
+    """The API as an admin (the role matrix in tests/auth covers every other role)."""
     make_dataset(db, ddm, "api:raw", "SITE_A_DISK", 3, tmp_path)
-    with TestClient(create_app(db, ddm, SchedulerConfig())) as client:
+    with TestClient(create_app(db, ddm, SchedulerConfig()), headers=bearer("admin")) as client:
         yield client
 
 

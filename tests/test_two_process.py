@@ -56,7 +56,6 @@ from factories import make_dataset
 
 pytestmark = [pytest.mark.postgres, pytest.mark.e2e]
 
-HEADERS: dict[str, str] = {}  # what a DDM sends with its callback (a token, once required)
 SPEC = {"name": "xproc", "transformation": "true {inputs}", "input_datasets": ["xp:raw"],
         "output_dataset": "xp:out.{task_id}", "split": {"files_per_job": 1}}
 HOLDER = "test-ddm"
@@ -186,7 +185,7 @@ def test_two_process_ddm_callback_wakes_the_activator_in_the_scheduler(
     assert server.poll() is None and scheduler.poll() is None, processes["logs"]()
 
     t0 = time.monotonic()
-    with httpx.Client(base_url=url, headers=HEADERS, timeout=30) as client:
+    with httpx.Client(base_url=url, headers=ddm_headers(db), timeout=30) as client:
         for rid in request_ids:
             r = client.post("/api/v1/ddm/event", json={
                 "source": "test", "dedup_key": f"test:{rid}:done", "outcome": "done",
@@ -212,8 +211,15 @@ def test_two_process_ddm_callback_wakes_the_activator_in_the_scheduler(
           f"{took * 1000:.0f} ms after the first callback")
 
 
+def ddm_headers(db: Database) -> dict[str, str]:
+    """What a DDM sends with its callback: a real ``ddm`` token (auth is on)."""
+    from dawms.server.tokens import issue
+
+    return {"Authorization": f"Bearer {issue(db, role='ddm', subject=HOLDER)[0]}"}
+
+
 def _ping(url: str) -> bool:
     try:
-        return httpx.get(f"{url}/api/v1/ping", timeout=1).status_code == 200
+        return httpx.get(f"{url}/healthz", timeout=1).status_code == 200
     except httpx.HTTPError:
         return False

@@ -11,6 +11,7 @@ SITE_A/SITE_B endpoints map to those RSEs.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import socket
@@ -24,12 +25,13 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from rucio_helpers import World, site_file
+from rucio_helpers import HERMES_SECRET, HERMES_USER, World, site_file
 
 from dawms.catalog.db import Database
 from dawms.catalog.site_config import sync, validate
 from dawms.ddm_bridge.rucio.ddm import RucioDDM
 from dawms.ddm_bridge.rucio.settings import RucioSettings
+from dawms.server.auth import hash_secret
 
 ROOT = Path(__file__).resolve().parents[2]
 RUCIO_DIR = Path(os.environ.get("DAWMS_RUCIO_SERVER_DIR", ROOT / ".services" / "rucio"))
@@ -146,16 +148,21 @@ def rucio_ddm(rucio_settings: RucioSettings) -> RucioDDM:
 
 @pytest.fixture(scope="session")
 def pump(rucio_server: str, tmp_path_factory: pytest.TempPathFactory) -> Callable[..., float]:
-    """``pump(transfers=True, hermes=None|"elastic"|"activemq", elastic=URL)``: Rucio's
-    daemons once (hermes for that one service, until its queue is empty); seconds taken."""
+    """``pump(transfers=True, hermes=None|"elastic"|"activemq", elastic=URL,
+    elastic_auth=(user, secret))``: Rucio's daemons once (hermes for that one service,
+    until its queue is empty, posting with HTTP Basic if given); seconds taken."""
     python = RUCIO_DIR / "venv" / "bin" / "python"
     base = (RUCIO_DIR / "rucio.cfg").read_text()
     cfg_dir = tmp_path_factory.mktemp("rucio-cfg")
 
     def run(*, transfers: bool = True, hermes: str | None = None,
-            elastic: str = "http://127.0.0.1:9/_bulk") -> float:
+            elastic: str = "http://127.0.0.1:9/_bulk",
+            elastic_auth: tuple[str, str] | None = None) -> float:
         cfg = cfg_dir / f"rucio-{uuid.uuid4().hex[:6]}.cfg"
-        text = re.sub(r"(?m)^elastic_endpoint = .*$", f"elastic_endpoint = {elastic}", base)
+        line = f"elastic_endpoint = {elastic}"
+        if elastic_auth:  # hermes sends these as HTTP Basic (its only auth for elastic)
+            line += f"\nelastic_username = {elastic_auth[0]}\nelastic_password = {elastic_auth[1]}"
+        text = re.sub(r"(?m)^elastic_endpoint = .*$", lambda _: line, base)
         if hermes:  # this hermes serves one service only (messages are kept per service)
             text = re.sub(r"(?m)^services_list = .*$",
                           f"services_list = {hermes}\nquery_by_service = True", text)
@@ -198,7 +205,9 @@ def dawms_server(db: Database, world: World, rucio_settings: RucioSettings,
                "DAWMS_RUCIO_AUTH_TYPE": "userpass", "DAWMS_RUCIO_USERNAME": "ddmlab",
                "DAWMS_RUCIO_PASSWORD": "secret", "DAWMS_RUCIO_CACHE_TTL_S": "0",
                "DAWMS_HEARTBEAT_S": "1", "DAWMS_INTERVAL_S": "1",
-               "DAWMS_SENT_TIMEOUT_S": "60", "DAWMS_HEARTBEAT_TIMEOUT_S": "30", **extra}
+               "DAWMS_SENT_TIMEOUT_S": "60", "DAWMS_HEARTBEAT_TIMEOUT_S": "30",
+               "DAWMS_DDM_BASIC_USERS": json.dumps({HERMES_USER: hash_secret(HERMES_SECRET)}),
+               **extra}
         log = open(tmp_path / f"server-{port}.log", "wb")  # noqa: SIM115 (closed at the end)
         proc = subprocess.Popen([sys.executable, "-m", "dawms", "-v", "server", "--port",
                                  str(port)], env=env, stdout=log, stderr=subprocess.STDOUT,
@@ -209,7 +218,7 @@ def dawms_server(db: Database, world: World, rucio_settings: RucioSettings,
         while True:
             assert proc.poll() is None, (tmp_path / f"server-{port}.log").read_text()
             try:
-                with urllib.request.urlopen(f"{url}/api/v1/ping", timeout=1):
+                with urllib.request.urlopen(f"{url}/healthz", timeout=1):
                     return url
             except OSError:
                 assert time.monotonic() < deadline, "the dawms server did not start"

@@ -12,6 +12,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+# the HTTP Basic user hermes posts as (Basic is the only auth hermes has for elastic)
+HERMES_USER, HERMES_SECRET = "hermes", "hermes-test-secret"
+
 
 @dataclass(frozen=True)
 class World:

@@ -9,6 +9,7 @@ whole with a clear message and changes nothing.
 
 from __future__ import annotations
 
+import base64
 import json
 import time
 from datetime import UTC, datetime
@@ -16,7 +17,7 @@ from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
-from rucio_helpers import World, make_rucio_dataset, unique, wait_for
+from rucio_helpers import HERMES_SECRET, HERMES_USER, World, make_rucio_dataset, unique, wait_for
 from sqlalchemy import func, select
 
 from dawms.catalog.db import Database
@@ -35,9 +36,16 @@ from dawms.catalog.transition import transition_many
 from dawms.ddm_bridge.events import apply_request_outcome
 from dawms.ddm_bridge.rucio import housekeeping
 from dawms.ddm_bridge.rucio.ddm import RucioDDM
-from dawms.ddm_bridge.rucio.messages import MAX_MESSAGES, apply_messages, parse_body
+from dawms.ddm_bridge.rucio.messages import (
+    MAX_BODY_BYTES,
+    MAX_MESSAGES,
+    apply_messages,
+    parse_body,
+)
 from dawms.ddm_bridge.rucio.settings import RucioSettings
 from dawms.server.app import create_app
+from dawms.server.auth import hash_secret
+from dawms.server.settings import ServerSettings
 
 pytestmark = pytest.mark.rucio
 
@@ -71,21 +79,38 @@ def state(db: Database, req_id: int) -> str:
 
 
 @pytest.fixture
-def app_client(db: Database, rucio_ddm: RucioDDM, rucio_sites: World):  # type: ignore[no-untyped-def]
-    with TestClient(create_app(db, rucio_ddm)) as client:
+def app_client(db: Database, rucio_ddm: RucioDDM, rucio_sites: World, bearer):  # type: ignore[no-untyped-def]
+    """The app in Rucio mode; the client sends a ``ddm`` token, hermes' user is configured."""
+    settings = ServerSettings(ddm_basic_users={HERMES_USER: hash_secret(HERMES_SECRET)})
+    with TestClient(create_app(db, rucio_ddm, settings=settings),
+                    headers=bearer("ddm", "rucio-tests")) as client:
         yield client
+
+
+def hermes_basic() -> dict[str, str]:
+    """What hermes sends with ``elastic_username``/``elastic_password``: HTTP Basic."""
+    raw = base64.b64encode(f"{HERMES_USER}:{HERMES_SECRET}".encode()).decode()
+    return {"Authorization": f"Basic {raw}"}
 
 
 def test_http_bulk_applies_once_and_marks_the_replicas(
         db: Database, rucio_ddm: RucioDDM, rucio_sites: World, rucio_client, app_client,  # type: ignore[no-untyped-def]
-        tmp_path: Path) -> None:
+        tmp_path: Path, bearer) -> None:
     req_id, rule_id, name, files = _request(db, rucio_ddm, rucio_sites, rucio_client, tmp_path)
     body = bulk(rule_ok(rule_id, rucio_sites.scope, name),
                 rule_ok(rule_id, rucio_sites.scope, name, "DATASETLOCK_OK"),
                 rule_ok("f" * 32, rucio_sites.scope, "not-ours"),
                 {"event_type": "CREATE_DTS", "payload": {"scope": "x", "name": "y"}})
+    # nobody, a wrong secret and a token of another role are refused and change nothing
+    wrong = base64.b64encode(f"{HERMES_USER}:nope".encode()).decode()
+    for headers in ({"Authorization": ""}, {"Authorization": f"Basic {wrong}"},
+                    bearer("pilot", "p", ["SITE_B_PROD"])):
+        resp = app_client.post("/api/v1/ddm/rucio/_bulk", content=body, headers=headers)
+        assert resp.status_code in (401, 403), (headers, resp.text)
+        assert resp.json()["success"] is False and state(db, req_id) == "requested"
+    # hermes posts with HTTP Basic
     resp = app_client.post("/api/v1/ddm/rucio/_bulk", content=body,
-                           headers={"Content-Type": "application/json"})
+                           headers={"Content-Type": "application/json", **hermes_basic()})
     assert resp.status_code == 200, resp.text
     data = resp.json()
     assert data["errors"] is False and data["success"] is True
@@ -119,10 +144,13 @@ def test_http_plain_json_and_bad_bodies_change_nothing(
         assert words in resp.json()["message"] and resp.json()["success"] is False
         assert state(db, req_id) == "requested"
     huge = app_client.post("/api/v1/ddm/rucio/messages", content=b" " * (16 * 1024 * 1024 + 1))
-    assert huge.status_code == 413
+    # the server's per-route limit for this route is the parser's own bound (16 MiB)
+    assert huge.status_code == 413 and f"larger than {MAX_BODY_BYTES} bytes" in \
+        huge.json()["message"]
     chunked = app_client.post("/api/v1/ddm/rucio/messages",  # no Content-Length to trust
                               content=iter([b" " * (1 << 20)] * 17))
-    assert chunked.status_code == 413 and "over" in chunked.json()["message"]
+    assert chunked.status_code == 413 and f"larger than {MAX_BODY_BYTES} bytes" in \
+        chunked.json()["message"]
     # a bad message inside a bulk is skipped, the others are applied (else hermes' queue
     # would be stuck on it); here the good one is a rule of no request of ours
     other = rule_ok("e" * 32, rucio_sites.scope, "not-ours")
@@ -138,11 +166,12 @@ def test_http_plain_json_and_bad_bodies_change_nothing(
     assert state(db, req_id) == "done"
 
 
-def test_http_endpoint_refuses_when_the_ddm_is_not_rucio(db: Database) -> None:
+def test_http_endpoint_refuses_when_the_ddm_is_not_rucio(db: Database, bearer) -> None:  # type: ignore[no-untyped-def]
     from dawms.ddm_bridge.local import LocalDDM
 
     with TestClient(create_app(db, LocalDDM())) as client:
-        resp = client.post("/api/v1/ddm/rucio/messages", content=bulk())
+        resp = client.post("/api/v1/ddm/rucio/messages", content=bulk(),
+                           headers=bearer("ddm"))
         assert resp.status_code == 400 and "not 'rucio'" in resp.json()["message"]
 
 

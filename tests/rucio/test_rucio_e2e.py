@@ -26,7 +26,7 @@ import zlib
 from pathlib import Path
 
 import pytest
-from rucio_helpers import World, make_rucio_dataset, unique, wait_for
+from rucio_helpers import HERMES_SECRET, HERMES_USER, World, make_rucio_dataset, unique, wait_for
 from sqlalchemy import select
 
 from dawms.catalog.db import Database
@@ -34,6 +34,7 @@ from dawms.catalog.models import DataRequest, DDMEvent, Job, JobFile, StateHisto
 from dawms.client import Client
 from dawms.ddm_bridge.rucio.messages import done_key
 from dawms.pilot.factory.local import LocalFactory
+from dawms.server.tokens import issue
 
 pytestmark = [pytest.mark.rucio, pytest.mark.e2e]
 
@@ -52,7 +53,9 @@ def _flow(db: Database, world: World, rucio_client, pump, start_server, tmp_path
     scope, name = did.split(":")
     paths = make_rucio_dataset(rucio_client, world, did, "SITE_A", 2, tmp_path, seed=7)
     server = start_server(**env)
-    with Client(server, user="prodmgr") as client:
+    user = issue(db, role="production", subject="prodmgr")[0]
+    pilot = issue(db, role="pilot", subject="pilot", queues=["SITE_B_PROD"])[0]
+    with Client(server, token=user) as client:
         task_id = client.submit_task({
             "name": f"rucio-{mode}", "transformation": PAYLOAD, "input_datasets": [did],
             "output_dataset": f"{scope}:out.{name}.{{task_id}}",
@@ -87,7 +90,8 @@ def _flow(db: Database, world: World, rucio_client, pump, start_server, tmp_path
         assert rucio_client.get_replication_rule(req.external_id)["state"] == "OK"
         if mode == "http":
             took = pump(transfers=False, hermes="elastic",
-                        elastic=f"{server}/api/v1/ddm/rucio/_bulk")
+                        elastic=f"{server}/api/v1/ddm/rucio/_bulk",
+                        elastic_auth=(HERMES_USER, HERMES_SECRET))
         elif mode == "stomp":
             took = pump(transfers=False, hermes="activemq")
         if mode != "poll":
@@ -108,8 +112,8 @@ def _flow(db: Database, world: World, rucio_client, pump, start_server, tmp_path
         if mode != "poll":
             assert latency < 2.0, (activated_at, received_at)
         factory = LocalFactory()
-        handle = factory.submit(server, "SITE_B_PROD", 1, tmp_path / "pilot", idle_timeout=5,
-                                poll_interval=0.3)[0]
+        handle = factory.submit(server, "SITE_B_PROD", 1, tmp_path / "pilot", token=pilot,
+                                idle_timeout=5, poll_interval=0.3)[0]
         deadline = time.monotonic() + 120
         while (task := client.task(task_id))["state"] not in ("done", "finished", "failed"):
             assert time.monotonic() < deadline, client.summary(task_id)
