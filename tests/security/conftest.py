@@ -68,11 +68,16 @@ def job_spec(tmp_path: Path) -> Callable[..., dict[str, Any]]:
 
 
 @pytest.fixture
-def api(db: Database, ddm: LocalDDM, sites: list[str], tmp_path: Path) -> Iterator[TestClient]:
-    """The real app in-process over ``db``, with dataset sec:raw (2 files) at SITE_A."""
+def api(db: Database, ddm: LocalDDM, sites: list[str], tmp_path: Path,
+        bearer: Callable[..., dict[str, str]]) -> Iterator[TestClient]:
+    """The real app in-process over ``db``, with dataset sec:raw (2 files) at SITE_A.
+
+    It calls as admin (every rule admits it): these tests are about what a name or a
+    report may do once a caller is let in; who is let in is tests/auth's matter."""
     make_dataset(db, ddm, "sec:raw", "SITE_A_DISK", 2, tmp_path)
     with TestClient(create_app(db, ddm, SchedulerConfig()),
                     raise_server_exceptions=False) as client:
+        client.headers.update(bearer("admin", "security"))
         yield client
 
 
