@@ -22,6 +22,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -47,7 +48,7 @@ def _port_open(port: int) -> bool:
     return False
 
 
-class Server:
+class Server(ABC):
     """One server process: started in its own session, stopped by pid."""
 
     name = "server"
@@ -60,16 +61,17 @@ class Server:
         self.options: dict[str, Any] = {}  # mover storage options for this server
         self.url_base = ""  # a writable base URL
 
+    @abstractmethod
     def argv(self) -> list[str]:
-        raise NotImplementedError
+        """The command line that runs this server in the foreground."""
 
     def ready(self) -> bool:
         return _port_open(self.port)
 
-    def prepare(self) -> None:
+    def prepare(self) -> None:  # noqa: B027 (a hook: most servers need nothing)
         """Create config files and directories before the start."""
 
-    def after_start(self) -> None:
+    def after_start(self) -> None:  # noqa: B027 (a hook)
         """Create buckets and the like once the server answers."""
 
     def start(self, timeout: float = 60.0) -> Server:
@@ -121,7 +123,7 @@ def _need(program: str | Path) -> str:
 class XRootDServer(Server):
     name = "xrootd"
 
-    def prepare(self) -> None:
+    def prepare(self) -> None:  # noqa: B027 (a hook: most servers need nothing)
         self.data = self.state / "data"
         admin = self.state / "admin"
         for d in (self.data, admin):
@@ -164,7 +166,7 @@ class MotoServer(Server):
     def endpoint_url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def after_start(self) -> None:
+    def after_start(self) -> None:  # noqa: B027 (a hook)
         self.options = {"endpoint_url": self.endpoint_url, "key": "testing",
                         "secret": "testing"}
         httpx.put(f"{self.endpoint_url}/{self.bucket}").raise_for_status()
@@ -193,7 +195,7 @@ class FakeGCSServer(Server):
     def endpoint_url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def after_start(self) -> None:
+    def after_start(self) -> None:  # noqa: B027 (a hook)
         self.options = {"endpoint_url": self.endpoint_url, "token": "anon"}
         httpx.post(f"{self.endpoint_url}/storage/v1/b?project=dawms",
                    json={"name": self.bucket}).raise_for_status()
@@ -205,7 +207,7 @@ class WsgiDAVServer(Server):
 
     name = "wsgidav"
 
-    def prepare(self) -> None:
+    def prepare(self) -> None:  # noqa: B027 (a hook: most servers need nothing)
         root = self.state / "data"
         root.mkdir()
         cert, key = self.state / "cert.pem", self.state / "key.pem"
