@@ -278,3 +278,32 @@ def copy_local_file(
                 hashing.cancel()
             raise
     return digests
+
+
+class ContentChanged(ValueError):
+    """The bytes read while copying are not the ones checksummed before."""
+
+
+def put_verified(path: str | os.PathLike[str], url: str, size: int, adler32: str) -> None:
+    """Copy the local ``path`` to ``url`` through a temporary name next to it, renamed
+    into place only once the bytes sent match ``size`` and ``adler32`` (checksummed
+    before); on any failure nothing is left at the destination."""
+    import posixpath
+    import uuid
+
+    import fsspec
+
+    fs, dst = fsspec.core.url_to_fs(url)
+    fs.makedirs(posixpath.dirname(dst), exist_ok=True)
+    tmp = f"{dst}.upload-{uuid.uuid4().hex[:12]}"
+    try:
+        with open(path, "rb") as src, fs.open(tmp, "wb") as out:
+            got_size, got_adler = copy_stream(src, out)
+        if (got_size, got_adler) != (size, adler32):
+            raise ContentChanged(f"{path} changed while it was uploaded "
+                                 f"({size} {adler32} -> {got_size} {got_adler})")
+        fs.mv(tmp, dst)
+    except BaseException:
+        if fs.exists(tmp):
+            fs.rm(tmp)
+        raise

@@ -20,6 +20,7 @@ from dawms.cli import main
 from dawms.ddm_bridge.abc import RegistrationError
 from dawms.ddm_bridge.local import LocalDDM
 from dawms.ddm_bridge.local import ddm as local
+from dawms.storage import checksum
 
 
 def _write(path: Path, data: bytes) -> Path:
@@ -104,7 +105,8 @@ def test_a_copy_that_breaks_leaves_nothing_at_the_destination(
         dst.write(src.read(10))
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(local, "copy_stream", disk_full)
+    monkeypatch.setattr(local, "copy_stream", disk_full)  # the checksum pass
+    monkeypatch.setattr(checksum, "copy_stream", disk_full)  # the copy (put_verified)
     with pytest.raises(OSError, match="No space left"):
         _upload(db, ddm, "up:ds", _write(tmp_path / "a" / "f.1", b"A" * 100))
     stored = _on_disk(db, ddm, "up", "f.1")
@@ -125,6 +127,7 @@ def test_a_file_that_changes_while_uploaded_is_refused(
         return result
 
     monkeypatch.setattr(local, "copy_stream", then_changed)
+    monkeypatch.setattr(checksum, "copy_stream", then_changed)
     with pytest.raises(RegistrationError, match="changed while it was uploaded"):
         _upload(db, ddm, "up:ds", path)
     assert list(_on_disk(db, ddm, "up", "f.1").parent.iterdir()) == []

@@ -15,7 +15,6 @@ and its text says nothing about files outside the root.
 
 from __future__ import annotations
 
-import posixpath
 import uuid
 from collections.abc import Iterable
 from datetime import UTC, datetime
@@ -46,7 +45,7 @@ from dawms.ddm_bridge.abc import (
     RequestReport,
     UnknownDataset,
 )
-from dawms.storage.checksum import copy_stream, url_checksum
+from dawms.storage.checksum import ContentChanged, copy_stream, put_verified, url_checksum
 from dawms.storage.paths import PathEscape, lfn2pfn
 
 from .staging import TapeStaging
@@ -169,20 +168,11 @@ class LocalDDM(TapeStaging, DDM):
 
     def _put(self, path: Path, info: FileInfo, endpoint: StorageEndpoint) -> None:
         """Copy ``path`` to its place on ``endpoint`` through a temporary name."""
-        fs, dst = fsspec.core.url_to_fs(self.pfn(endpoint, info.scope, info.name))
-        fs.makedirs(posixpath.dirname(dst), exist_ok=True)
-        tmp = f"{dst}.upload-{uuid.uuid4().hex[:12]}"
         try:
-            with open(path, "rb") as src, fs.open(tmp, "wb") as out:
-                size, adler = copy_stream(src, out)
-            if (size, adler) != (info.size, info.adler32):
-                raise RegistrationError(f"{path} changed while it was uploaded "
-                                        f"({info.size} {info.adler32} -> {size} {adler})")
-            fs.mv(tmp, dst)
-        except BaseException:
-            if fs.exists(tmp):
-                fs.rm(tmp)
-            raise
+            put_verified(path, self.pfn(endpoint, info.scope, info.name), info.size,
+                         info.adler32)
+        except ContentChanged as exc:
+            raise RegistrationError(str(exc)) from None
 
     # ------------------------------------------------------------- requests
     def request_replication(self, session: Session, files: list[File],

@@ -19,10 +19,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import posixpath
 import tempfile
 import time
-import uuid
 from collections.abc import Iterable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -47,7 +45,7 @@ from dawms.ddm_bridge.abc import (
     Subscription,
     UnknownDataset,
 )
-from dawms.storage.checksum import copy_stream, file_adler32
+from dawms.storage.checksum import ContentChanged, copy_stream, file_adler32, put_verified
 
 from . import cache
 from .gate import RucioGate, RucioUnavailable
@@ -440,19 +438,10 @@ def _put(path: Path, info: FileInfo, url: str) -> None:
         with fs.open(dst, "rb") as fh:
             if copy_stream(fh)[1] == info.adler32:
                 return  # the same bytes are there already
-    fs.makedirs(posixpath.dirname(dst), exist_ok=True)
-    tmp = f"{dst}.upload-{uuid.uuid4().hex[:12]}"
     try:
-        with open(path, "rb") as src, fs.open(tmp, "wb") as out:
-            size, adler = copy_stream(src, out)
-        if (size, adler) != (info.size, info.adler32):
-            raise RegistrationError(f"{path} changed while it was uploaded "
-                                    f"({info.size} {info.adler32} -> {size} {adler})")
-        fs.mv(tmp, dst)
-    except BaseException:
-        if fs.exists(tmp):
-            fs.rm(tmp)
-        raise
+        put_verified(path, url, info.size, info.adler32)
+    except ContentChanged as exc:
+        raise RegistrationError(str(exc)) from None
 
 
 def _ensure_rucio_config(settings: RucioSettings) -> None:
