@@ -1,0 +1,9 @@
+"""The ``dawms`` subcommands, one module per thing they act on. Each module has
+``register(groups)``; a new module is added to ``MODULES`` (its order is the order of
+``dawms --help``)."""
+
+from __future__ import annotations
+
+from . import data, jobs, service, sites, staging, tasks, tokens
+
+MODULES = [service, sites, data, tasks, jobs, staging, tokens]
