@@ -8,12 +8,14 @@ conveyor (mock transfertool, bytes moved as FTS would) completes them, the
 jobs whose files are on the buffer go on while the rest wait, the rules are
 kept while the task runs (housekeeping leaves them alone, their lifetime is
 renewed) and expired once it is done, after which Rucio's judge-cleaner
-removes them.
+removes them; the outputs are in the task's output and log datasets with their
+adler32, both closed in Rucio once the task is done.
 """
 
 from __future__ import annotations
 
 import shutil
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -30,6 +32,7 @@ from dawms.catalog.models import (
     DataRequestFile,
     File,
     Job,
+    JobFile,
     Queue,
     StagingRequest,
     StorageEndpoint,
@@ -196,14 +199,36 @@ def test_a_tape_only_dataset_is_staged_by_rucio_rules_and_released_when_done(
         report(db, rucio_ddm, fence, "running", now)
         report(db, rucio_ddm, fence, "finished", now, exit_code=0,
                outputs=write_outputs(jspec))
-    finisher.run_once(db, now)
-    finisher.run_once(db, now)
-    with db.session() as s:
-        assert s.get(Task, task_id).state == "done"
+    deadline = time.monotonic() + 120
+    while True:  # the finisher closes the jobs, then the task
+        finisher.run_once(db, now)
+        with db.session() as s:
+            task = s.get(Task, task_id)
+            if task.state == "done":
+                break
+            jobs = [(j.id, j.state, j.error_diag) for j in s.scalars(select(Job))]
+        assert time.monotonic() < deadline, (task.state, task.error, jobs)
+        time.sleep(0.5)
     assert carousel.run_once(db, rucio_ddm, now, cfg).copies_released == N
     for rule_id in rules:  # expired at once ...
         assert expires(rucio_client.get_replication_rule(rule_id)) <= utcnow()
     assert carousel.run_once(db, rucio_ddm, now, cfg).copies_released == 0  # once
+    # the outputs are in the task's output (and log) dataset in Rucio with their adler32,
+    # and housekeeping closes both now that the task is done
+    housekeeping.run_once(db, rucio_ddm)
+    with db.session() as s:
+        task = s.get(Task, task_id)
+        outputs = list(s.scalars(select(JobFile).where(JobFile.type.in_(["out", "log"]))))
+        datasets = {"out": task.output_dataset, "log": task.log_dataset}
+    assert len(outputs) == N  # an output and a log per job
+    for kind, did in datasets.items():
+        scope, name = did.split(":")
+        assert rucio_client.get_did(scope, name)["open"] is False, f"{did} is still open"
+        listed = {f["name"]: f for f in rucio_client.list_files(scope, name)}
+        mine = [o for o in outputs if o.type == kind]
+        assert set(listed) == {o.lfn for o in mine}
+        for o in mine:
+            assert (listed[o.lfn]["adler32"], listed[o.lfn]["bytes"]) == (o.adler32, o.size)
     pump(transfers=False, cleaner=True)
     from rucio.common.exception import RuleNotFound
 
