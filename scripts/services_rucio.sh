@@ -129,23 +129,62 @@ build_database(); create_base_vo(); create_root_account()' > "$DIR/build.log" 2>
   touch "$STAMP"
 fi
 
-# 5. the server under gunicorn (started if /ping does not answer)
+# 5. the server under gunicorn. Ready = a real login and whoami, not /ping alone: /ping
+#    answers without the database, so a server whose pooled connections went stale
+#    (PostgreSQL restarted under it) pings fine and fails every call. Such a server, if
+#    it is ours (pid file), is restarted; one that is not ours is reported.
 ping_ok() { "$VENV/bin/python" - "$PORT" <<'PYEOF' >/dev/null 2>&1
 import sys, urllib.request
 urllib.request.urlopen(f"http://127.0.0.1:{sys.argv[1]}/ping", timeout=3).read()
 PYEOF
 }
+whoami_ok() { "$VENV/bin/python" - "$PORT" <<'PYEOF' 2>>"$DIR/readiness.log"
+import json, sys, urllib.request
+base = f"http://127.0.0.1:{sys.argv[1]}"
+login = urllib.request.Request(f"{base}/auth/userpass", headers={
+    "X-Rucio-Account": "root", "X-Rucio-Username": "ddmlab", "X-Rucio-Password": "secret"})
+with urllib.request.urlopen(login, timeout=10) as resp:
+    token = resp.headers["X-Rucio-Auth-Token"]
+assert token, "no token"
+who = urllib.request.Request(f"{base}/accounts/whoami", headers={"X-Rucio-Auth-Token": token})
+with urllib.request.urlopen(who, timeout=10) as resp:
+    assert json.loads(resp.read())["account"] == "root"
+PYEOF
+}
+our_pid() { [ -f "$DIR/gunicorn.pid" ] && kill -0 "$(cat "$DIR/gunicorn.pid")" 2>/dev/null; }
+start_server() {
+  rm -f "$DIR/gunicorn.pid"
+  "$VENV/bin/gunicorn" -D --no-control-socket -p "$DIR/gunicorn.pid" \
+    --error-logfile "$DIR/gunicorn.log" -b "127.0.0.1:$PORT" -w 2 --threads 4 \
+    --chdir "$DIR" rucio.web.rest.flaskapi.v1.main:application
+}
+# a server that pings logs in at once; a few tries cover a worker still starting
+wait_ready() { for _ in $(seq 1 "${1:-6}"); do ping_ok && whoami_ok && return 0; sleep 0.5; done; return 1; }
 if ! ping_ok; then
-  if [ -f "$DIR/gunicorn.pid" ] && kill -0 "$(cat "$DIR/gunicorn.pid")" 2>/dev/null; then
+  if our_pid; then
     echo "services: waiting for the Rucio server (pid $(cat "$DIR/gunicorn.pid"))"
   else
-    rm -f "$DIR/gunicorn.pid"
-    "$VENV/bin/gunicorn" -D --no-control-socket -p "$DIR/gunicorn.pid" \
-      --error-logfile "$DIR/gunicorn.log" -b "127.0.0.1:$PORT" -w 2 --threads 4 \
-      --chdir "$DIR" rucio.web.rest.flaskapi.v1.main:application
+    start_server
   fi
   for _ in $(seq 1 120); do ping_ok && break; sleep 0.5; done
   ping_ok || { echo "services: the Rucio server did not answer; see $DIR/gunicorn.log" >&2; exit 1; }
+fi
+if ! wait_ready; then
+  if our_pid; then
+    pid=$(cat "$DIR/gunicorn.pid")
+    echo "services: the Rucio server (pid $pid) pings but cannot log in (stale database connections?); restarting it"
+    kill -TERM "$pid"
+    # the old master deletes its pid file on exit; a new one on the port before that fails
+    for _ in $(seq 1 120); do kill -0 "$pid" 2>/dev/null || break; sleep 0.5; done
+    if kill -0 "$pid" 2>/dev/null; then
+      echo "services: the Rucio server (pid $pid) did not stop" >&2; exit 1
+    fi
+    start_server
+    wait_ready 120 || { echo "services: the restarted Rucio server cannot log in; see $DIR/gunicorn.log and $DIR/readiness.log" >&2; exit 1; }
+  else
+    echo "services: a Rucio server on 127.0.0.1:$PORT pings but login/whoami fails, and it is not ours (no live $DIR/gunicorn.pid): restart it; see $DIR/readiness.log" >&2
+    exit 1
+  fi
 fi
 
 # 6. RabbitMQ's STOMP plugin on 127.0.0.1:61613 only (hermes -> STOMP consumer); the

@@ -32,7 +32,7 @@ from dawms.catalog.db import Database
 from dawms.catalog.models import DataRequest, DataRequestFile, File, Replica, StorageEndpoint
 from dawms.catalog.states import Entity, ReplicaState, RequestState
 from dawms.catalog.transition import transition_many
-from dawms.ddm_bridge.abc import Ran
+from dawms.ddm_bridge.abc import DDMError, Ran
 from dawms.ddm_bridge.events import apply_reports
 from dawms.storage.paths import lfn2pfn
 
@@ -74,7 +74,7 @@ class TapeStaging:
                         destination: StorageEndpoint, *, name: str,
                         lifetime_s: int) -> DataRequest:
         if source.kind != "tape" or destination.kind != "disk":
-            raise ValueError(f"staging goes from tape to disk, not {source.name} "
+            raise DDMError(f"staging goes from tape to disk, not {source.name} "
                              f"({source.kind}) -> {destination.name} ({destination.kind})")
         req = self.request_replication(  # type: ignore[attr-defined]  (LocalDDM's)
             session, files, destination, name=name, activity="Staging")

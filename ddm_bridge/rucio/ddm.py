@@ -10,8 +10,8 @@ dedup key: hermes' messages over HTTP (``server/ddm.py``) or STOMP
 (``stomp.py``), and ``poll()``, the safety net that reads rule states. Outputs
 are registered as replicas with size and adler32 and attached to their dataset;
 ``housekeeping.py`` closes the datasets of ended tasks and deletes rules no job
-needs. Every call goes through ``gate.RucioGate``, which backs off while Rucio
-is unreachable.
+needs; tape recalls for the carousel are ``staging.py``. Every call goes
+through ``gate.RucioGate``, which backs off while Rucio is unreachable.
 """
 
 from __future__ import annotations
@@ -51,6 +51,7 @@ from . import cache
 from .gate import RucioGate, RucioUnavailable
 from .messages import done_key, failed_key
 from .settings import RucioSettings
+from .staging import RucioStaging
 
 log = logging.getLogger(__name__)
 CHUNK = 1000  # Rucio's bulk calls take at most this many DIDs
@@ -61,7 +62,7 @@ def _chunks(items: list[Any], n: int = CHUNK) -> Iterable[list[Any]]:
         yield items[start:start + n]
 
 
-class RucioDDM(DDM):
+class RucioDDM(RucioStaging, DDM):
     """dawms' DDM interface on a Rucio server."""
 
     name = "rucio"
@@ -164,21 +165,32 @@ class RucioDDM(DDM):
     def request_replication(self, session: Session, files: list[File],
                             endpoint: StorageEndpoint, *, name: str,
                             activity: str = "Production Input") -> DataRequest:
+        return self.rule_request(session, files, endpoint, name=name, activity=activity,
+                                 lifetime_s=self.settings.rule_lifetime_s)
+
+    def rule_request(self, session: Session, files: list[File], endpoint: StorageEndpoint,
+                     *, name: str, activity: str, lifetime_s: int | None,
+                     kind: str = "replicate", source_rse: str | None = None) -> DataRequest:
+        """PanDA's dispatch block: ``files`` in a new closed dataset ``name`` and one rule
+        of it to the endpoint's RSE (from ``source_rse`` only, if given: a tape recall);
+        the ``DataRequest`` (``kind``) that stands for the rule."""
         if not files:
             raise DDMError("a replication request needs files")
         scope = self.settings.dispatch_scope or files[0].scope
         rse = endpoint.rse_name
         dids = [{"scope": f.scope, "name": f.name} for f in files]
-        lifetime = self.settings.rule_lifetime_s
+        options: dict[str, Any] = {"lifetime": lifetime_s, "grouping": "DATASET",
+                                   "activity": activity, "notify": self.settings.notify}
+        if source_rse:
+            options["source_replica_expression"] = source_rse
 
         def make(c: Any) -> str:
-            c.add_did(scope, name, "DATASET", lifetime=lifetime)
+            c.add_did(scope, name, "DATASET", lifetime=lifetime_s)
             for part in _chunks(dids):
                 c.attach_dids(scope, name, part)
             c.set_status(scope, name, open=False)
             return c.add_replication_rule([{"scope": scope, "name": name}], 1, rse,
-                                          lifetime=lifetime, grouping="DATASET",
-                                          activity=activity, notify=self.settings.notify)[0]
+                                          **options)[0]
 
         try:
             rule_id = self.gate.call(f"the dispatch block {scope}:{name} to {rse}", make)
@@ -188,14 +200,14 @@ class RucioDDM(DDM):
             raise DDMError(f"Rucio refused the rule for {scope}:{name} to {rse}: "
                            f"{type(exc).__name__}: {str(exc).splitlines()[0]}") from exc
         now = datetime.now(UTC)
-        req = DataRequest(kind="replicate", name=name, endpoint_id=endpoint.id, ddm=self.name,
+        req = DataRequest(kind=kind, name=name, endpoint_id=endpoint.id, ddm=self.name,
                           activity=activity, state=RequestState.REQUESTED, external_id=rule_id,
                           files_total=len(files), created_at=now, updated_at=now)
         session.add(req)
         session.flush()
         record_created(session, Entity.REQUEST, [(req.id, None)], RequestState.REQUESTED,
-                       actor="ddm:rucio", reason=f"rule {rule_id}: {len(files)} files to {rse}",
-                       now=now)
+                       actor="ddm:rucio", reason=f"rule {rule_id}: {len(files)} files to {rse}"
+                       + (f" from {source_rse}" if source_rse else ""), now=now)
         session.execute(insert(DataRequestFile),
                         [{"request_id": req.id, "file_id": f.id, "done": 0} for f in files])
         have = dict(session.execute(select(Replica.file_id, Replica.state).where(
@@ -204,7 +216,8 @@ class RucioDDM(DDM):
         cache.set_replicas(session, {(f.id, endpoint.id): ReplicaState.COPYING for f in files
                                      if have.get(f.id) != ReplicaState.AVAILABLE},
                            reason=f"rule {rule_id}", now=now)
-        log.info("rule %s: %s:%s (%d files) to %s", rule_id, scope, name, len(files), rse)
+        log.info("rule %s: %s:%s (%d files) to %s%s", rule_id, scope, name, len(files), rse,
+                 f" from {source_rse} ({activity})" if source_rse else "")
         return req
 
     def poll(self, session: Session, now: datetime) -> list[RequestReport]:
@@ -257,6 +270,9 @@ class RucioDDM(DDM):
         if state in ("STUCK", "SUSPENDED"):
             return self.count_failure(session, req, f"ddm.stuck: rule {rule_id} is {state}: "
                                       f"{rule.get('error') or 'no reason given'}", now)
+        if req.kind == "stage":  # per file: the carousel lets each file's jobs go on
+            self.staged_files(session, req, now)
+            return None
         session.execute(update(DataRequest).where(DataRequest.id == req.id).values(
             files_done=int(rule.get("locks_ok_cnt") or 0), updated_at=now))
         return None

@@ -4,7 +4,8 @@ Two chores in one daemon the backend declares: output and log datasets of
 tasks that ended are closed in Rucio (and in the cache), so their content is
 final; and the rule of each ended request that no unfinished job reads from
 any more is deleted (its dispatch block's replicas then fall to Rucio's reaper,
-the way PanDA drops ``_dis`` rules). Each deletion is recorded once as a data
+the way PanDA drops ``_dis`` rules); staging rules are the carousel's pins and
+are released by it (``carousel.pins``), never here. Each deletion is recorded once as a data
 event (``rucio:rule:<id>:deleted``), so a rule is never deleted twice and the
 record says when. Rucio being unreachable stops the chore until the next run.
 """
@@ -66,6 +67,7 @@ def delete_rules(db: Database, ddm: RucioDDM, limit: int = BUNCH) -> int:
     with db.session() as s:
         rows = list(s.execute(select(DataRequest.id, DataRequest.external_id)
                               .where(DataRequest.ddm == "rucio",
+                                     DataRequest.kind != "stage",  # the carousel's pins
                                      DataRequest.state.in_(list(ENDED)),
                                      DataRequest.external_id.is_not(None))
                               .order_by(DataRequest.id)))

@@ -13,17 +13,28 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Collection
 from dataclasses import dataclass
+from pathlib import Path
 
 import fsspec
 from sqlalchemy import select
 
 from dawms.catalog.db import Database
-from dawms.catalog.models import DataRequestFile, File, Replica, StorageEndpoint
+from dawms.catalog.models import DataRequest, DataRequestFile, File, Replica, StorageEndpoint
 from dawms.catalog.states import ReplicaState
 from dawms.ddm_bridge.abc import DDM
-from dawms.ddm_bridge.local import transfer
+from dawms.ddm_bridge.local import LocalDDM, transfer
+from dawms.ddm_bridge.local.staging import run_tape
 
 ENDPOINTS = ("SITE_A_DISK", "SITE_B_DISK", "SITE_C_DISK")
+TAPE, BUFFER = "SITE_C_TAPE", "SITE_C_DISK"  # a tape and its disk buffer (the carousel's)
+
+
+def with_tape(cfg: dict, root: Path, **extra: object) -> dict:
+    """The site file ``cfg`` plus SITE_C's tape ``SITE_C_TAPE`` staging to SITE_C_DISK."""
+    cfg["endpoint"].append({"name": TAPE, "site": "SITE_C", "kind": "tape",
+                            "url": f"file://{root / 'SITE_C' / 'tape'}",
+                            "staging_buffer": BUFFER, **extra})
+    return cfg
 
 
 class World(ABC):
@@ -56,6 +67,17 @@ class World(ABC):
         without telling dawms (no callback, no report applied): afterwards ``poll()``
         must report each one. The requests (ids) in ``fail`` must end failed."""
 
+    @abstractmethod
+    def recall(self, db: Database, *, at_least: int | None = None) -> None:
+        """Let the DDM recall the files of every open ``stage`` request from tape onto
+        its buffer the way it does (all of them; with ``at_least``, that many of each
+        request at least but not all). Whether the request has ended by then is the
+        backend's business: ``poll()`` and the reports it applied must say so."""
+
+    @abstractmethod
+    def staged_copy_held(self, db: Database, request_id: int) -> bool:
+        """Whether the DDM still holds (pins) what stage request ``request_id`` staged."""
+
 
 class LocalWorld(World):
     """The local DDM: replications are carried out by its transfer worker; a request
@@ -76,6 +98,36 @@ class LocalWorld(World):
                 self.place(endpoint, scope, name, bytes(b ^ 0xFF for b in data))
         while transfer.carry_out(db)[0]:  # the worker's work, without its reports
             pass
+
+    def recall(self, db: Database, *, at_least: int | None = None) -> None:
+        """The tape worker on the library's simulated clock, event by event."""
+        assert isinstance(self.ddm, LocalDDM)
+        lib, clock = self.ddm.library, self.ddm.library.clock
+        for _ in range(10000):
+            run_tape(db, self.ddm)
+            with db.session() as s:
+                counts = [n for (n,) in s.execute(
+                    select(DataRequest.files_done).where(DataRequest.kind == "stage",
+                                                         DataRequest.state == "requested"))]
+            if not counts or (at_least is not None and min(counts) >= at_least):
+                return
+            nxt = lib.next_event()
+            assert nxt is not None, "open recalls but the library has nothing to do"
+            clock.set(max(nxt, clock.now()))  # type: ignore[attr-defined]
+        raise AssertionError("the recalls did not end")
+
+    def staged_copy_held(self, db: Database, request_id: int) -> bool:
+        with db.session() as s:
+            rows = s.execute(
+                select(File.scope, File.name, StorageEndpoint)
+                .join(DataRequestFile, DataRequestFile.file_id == File.id)
+                .join(DataRequest, DataRequest.id == DataRequestFile.request_id)
+                .join(Replica, (Replica.file_id == File.id)
+                      & (Replica.endpoint_id == DataRequest.endpoint_id))
+                .join(StorageEndpoint, StorageEndpoint.id == Replica.endpoint_id)
+                .where(DataRequest.id == request_id,
+                       Replica.state == ReplicaState.AVAILABLE)).all()
+        return any(self.read(ep, scope, name) is not None for scope, name, ep in rows)
 
 
 @dataclass

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from ddm_world import ENDPOINTS, Backend, World
+from ddm_world import BUFFER, ENDPOINTS, TAPE, Backend, World, with_tape
 from sqlalchemy import select
 
 from dawms.catalog.db import Database
@@ -77,13 +77,16 @@ def make_rucio(request: pytest.FixtureRequest, db: Database) -> Backend:
     tag = uuid.uuid4().hex[:8]
     scope = f"t{tag}"
     tmp_path: Path = request.getfixturevalue("tmp_path")
-    cfg = site_config(tmp_path / "storage", [e.removesuffix("_DISK") for e in ENDPOINTS])
+    cfg = with_tape(site_config(tmp_path / "storage",
+                                [e.removesuffix("_DISK") for e in ENDPOINTS]),
+                    tmp_path / "storage")
     rses = {}
     for ep in cfg["endpoint"]:
-        rse = f"DDM_{tag.upper()}_{ep['site'][-1]}"
+        tape = ep["kind"] == "tape"
+        rse = f"DDM_{tag.upper()}_{ep['site'][-1]}" + ("_TAPE" if tape else "")
         ep["rse"] = rses[ep["name"]] = rse
         root = ep["url"].removeprefix("file://")
-        client.add_rse(rse)
+        client.add_rse(rse, rse_type="TAPE" if tape else "DISK")
         client.add_protocol(rse, {"scheme": "file", "hostname": "localhost", "port": 0,
                                   "prefix": f"{root}/",
                                   "impl": "rucio.rse.protocols.posix.Default",
@@ -94,6 +97,7 @@ def make_rucio(request: pytest.FixtureRequest, db: Database) -> Backend:
             if a != b:
                 client.add_distance(a, b, {"distance": 1})
     client.add_scope("root", scope)
+    assert client.get_rse(rses[TAPE])["rse_type"] == "TAPE"
     with db.session() as s:
         sync(s, validate(cfg), actor="test", source="ddm conformance (rucio)")
     ddm = RucioDDM(_settings())
@@ -137,3 +141,44 @@ class RucioWorld(World):
                              capture_output=True, text=True, timeout=180)
         assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
         print(res.stdout.strip(), file=sys.stderr)
+
+    def recall(self, db: Database, *, at_least: int | None = None) -> None:
+        """All of it: Rucio's conveyor (mock) after the bytes went tape -> buffer, as
+        FTS's bring-online and copy would; ``at_least``: that many files of each rule
+        declared available on the buffer (``update_replicas_states``, issue 7)."""
+        with db.session() as s:
+            reqs = list(s.scalars(select(DataRequest).where(
+                DataRequest.kind == "stage", DataRequest.state == RequestState.REQUESTED)))
+            tape = s.scalar(select(StorageEndpoint).where(StorageEndpoint.name == TAPE))
+            for req in reqs:
+                dest = s.get(StorageEndpoint, req.endpoint_id)
+                assert dest.name == BUFFER
+                files = list(s.scalars(select(File).join(
+                    DataRequestFile, DataRequestFile.file_id == File.id)
+                    .where(DataRequestFile.request_id == req.id).order_by(File.name)))
+                some = files if at_least is None else files[:at_least]
+                assert len(some) < len(files) or at_least is None
+                for f in some:
+                    data = self.read(tape, f.scope, f.name)
+                    assert data is not None, f"{f.scope}:{f.name} has no bytes on tape"
+                    self.place(dest, f.scope, f.name, data)
+                if at_least is not None:
+                    self.client.update_replicas_states(dest.rse_name, [
+                        {"scope": f.scope, "name": f.name, "state": "A"} for f in some])
+        if at_least is None:
+            self.complete(db)
+
+    def staged_copy_held(self, db: Database, request_id: int) -> bool:
+        """The rule is the pin: held while it exists and has not expired."""
+        from datetime import UTC, datetime
+
+        from rucio.common.exception import RuleNotFound
+
+        with db.session() as s:
+            rule_id = s.get(DataRequest, request_id).external_id
+        try:
+            rule = self.client.get_replication_rule(rule_id)
+        except RuleNotFound:
+            return False
+        expires = rule.get("expires_at")
+        return expires is None or expires.replace(tzinfo=UTC) > datetime.now(UTC)

@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from rucio_helpers import HERMES_SECRET, HERMES_USER, World, site_file
+from rucio_helpers import HERMES_SECRET, HERMES_USER, RUCIO_DIR, World, site_file
 
 from dawms.catalog.db import Database
 from dawms.catalog.site_config import sync, validate
@@ -33,8 +33,6 @@ from dawms.ddm_bridge.rucio.ddm import RucioDDM
 from dawms.ddm_bridge.rucio.settings import RucioSettings
 from dawms.server.auth import hash_secret
 
-ROOT = Path(__file__).resolve().parents[2]
-RUCIO_DIR = Path(os.environ.get("DAWMS_RUCIO_SERVER_DIR", ROOT / ".services" / "rucio"))
 RUCIO_URL = os.environ.get("DAWMS_TEST_RUCIO_URL", "http://127.0.0.1:18480")
 STOMP = os.environ.get("DAWMS_TEST_STOMP", "127.0.0.1:61613")
 PUMP = Path(__file__).with_name("rucio_pump.py")
@@ -148,14 +146,14 @@ def rucio_ddm(rucio_settings: RucioSettings) -> RucioDDM:
 
 @pytest.fixture(scope="session")
 def pump(rucio_server: str, tmp_path_factory: pytest.TempPathFactory) -> Callable[..., float]:
-    """``pump(transfers=True, hermes=None|"elastic"|"activemq", elastic=URL,
+    """``pump(transfers=True, cleaner=False, hermes=None|"elastic"|"activemq", elastic=URL,
     elastic_auth=(user, secret))``: Rucio's daemons once (hermes for that one service,
     until its queue is empty, posting with HTTP Basic if given); seconds taken."""
     python = RUCIO_DIR / "venv" / "bin" / "python"
     base = (RUCIO_DIR / "rucio.cfg").read_text()
     cfg_dir = tmp_path_factory.mktemp("rucio-cfg")
 
-    def run(*, transfers: bool = True, hermes: str | None = None,
+    def run(*, transfers: bool = True, cleaner: bool = False, hermes: str | None = None,
             elastic: str = "http://127.0.0.1:9/_bulk",
             elastic_auth: tuple[str, str] | None = None) -> float:
         cfg = cfg_dir / f"rucio-{uuid.uuid4().hex[:6]}.cfg"
@@ -168,6 +166,7 @@ def pump(rucio_server: str, tmp_path_factory: pytest.TempPathFactory) -> Callabl
                           f"services_list = {hermes}\nquery_by_service = True", text)
         cfg.write_text(text)
         argv = [str(python), str(PUMP)] + (["--transfers"] if transfers else []) + \
+            (["--cleaner"] if cleaner else []) + \
             (["--hermes", hermes] if hermes else [])
         t0 = time.monotonic()
         res = subprocess.run(argv, env={**os.environ, "RUCIO_CONFIG": str(cfg)},

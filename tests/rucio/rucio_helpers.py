@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import random
 import socket
 import threading
@@ -12,6 +13,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+ROOT = Path(__file__).resolve().parents[2]
+# the Rucio server `make services` installs (its venv, rucio.cfg, logs)
+RUCIO_DIR = Path(os.environ.get("DAWMS_RUCIO_SERVER_DIR", ROOT / ".services" / "rucio"))
 # the HTTP Basic user hermes posts as (Basic is the only auth hermes has for elastic)
 HERMES_USER, HERMES_SECRET = "hermes", "hermes-test-secret"
 

@@ -1,9 +1,10 @@
 """Run Rucio's own daemons once, in the Rucio server's venv (not the project's).
 
-``python rucio_pump.py [--transfers] [--hermes SERVICE]``: the judge
+``python rucio_pump.py [--transfers] [--cleaner] [--hermes SERVICE]``: the judge
 re-evaluator, then the conveyor's submitter, poller and finisher with the
 ``mock`` transfertool (it copies no bytes: the replica becomes AVAILABLE in
-Rucio, the test places the bytes itself), then hermes for one service of
+Rucio, the test places the bytes itself), the judge's cleaner (expired rules
+go, with their locks), then hermes for one service of
 ``[hermes] services_list`` (``elastic`` -> our HTTP endpoint, ``activemq`` ->
 STOMP), run until that service's queue is empty: hermes takes the oldest 1,000
 messages a run, and messages of earlier tests may be queued before ours.
@@ -28,6 +29,10 @@ def main(argv: list[str]) -> int:
         submitter(once=True, partition_wait_time=0, transfertools=["mock"])
         poller(once=True, older_than=0, partition_wait_time=0, transfertool="mock")
         finisher(once=True, partition_wait_time=0)
+    if "--cleaner" in argv:
+        from rucio.daemons.judge.cleaner import rule_cleaner
+
+        rule_cleaner(once=True)
     if "--hermes" in argv:
         from rucio.core.message import retrieve_messages
         from rucio.daemons.hermes.hermes import hermes

@@ -17,8 +17,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from conftest import RUCIO_DIR
-from rucio_helpers import World, make_rucio_dataset, unique
+from rucio_helpers import RUCIO_DIR, World, make_rucio_dataset, unique
 from sqlalchemy import func, select
 
 from dawms.catalog.db import Database
