@@ -117,8 +117,11 @@ class PilotClient:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def acquire_jobs(self, queue: str, pilot_id: str, n_jobs: int = 1) -> Acquired:
-        request = AcquireRequest(queue=queue, pilot_id=pilot_id, n_jobs=n_jobs)
+    def acquire_jobs(self, queue: str, pilot_id: str, n_jobs: int = 1, *,
+                     max_walltime_s: float = 0.0) -> Acquired:
+        """Claim jobs; ``max_walltime_s`` > 0 takes only jobs whose walltime fits in it."""
+        request = AcquireRequest(queue=queue, pilot_id=pilot_id, n_jobs=n_jobs,
+                                 max_walltime_s=max_walltime_s)
         data = self._post(wire.ACQUIRE_JOBS, request.to_dict())
         if not isinstance(data, Mapping) or not isinstance(data.get("jobs", []), list):
             raise BadReply(f"{wire.ACQUIRE_JOBS}: malformed reply {str(data)[:300]}")

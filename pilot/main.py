@@ -137,11 +137,13 @@ class Pilot:
             if self.max_jobs and jobs_done >= self.max_jobs:
                 log.info("ran %d jobs, the maximum", jobs_done)
                 break
-            if self.lifetime_s and time.monotonic() - started > self.lifetime_s:
+            left = self.lifetime_s - (time.monotonic() - started) if self.lifetime_s else 0.0
+            if self.lifetime_s and left < 1:
                 log.info("lifetime of %g s reached", self.lifetime_s)
                 break
-            try:
-                acquired = self.client.acquire_jobs(self.queue, self.pilot_id, 1)
+            try:  # with a lifetime, only a job whose walltime fits in what is left
+                acquired = self.client.acquire_jobs(self.queue, self.pilot_id, 1,
+                                                    max_walltime_s=left)
             except ClientError as exc:
                 log.error("cannot get jobs: %s", exc)
                 return 2
@@ -205,7 +207,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="seconds between asks when no job came (default 2)")
     p.add_argument("--pilot-id", default=None, help="default: host:pid:random")
     p.add_argument("--lifetime", type=float, default=0.0,
-                   help="take no new job after S seconds (0: no limit)")
+                   help="run jobs for S seconds: take only jobs whose walltime fits in what "
+                        "is left, none after (0: no limit)")
     p.add_argument("--give-up-after", type=float, default=DEFAULT_GIVE_UP_S,
                    help="seconds to keep retrying an unreachable server (default 3 h)")
     p.add_argument("--kill-grace", type=float, default=10.0,

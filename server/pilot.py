@@ -61,7 +61,8 @@ def acquire_jobs(body: AcquireJobs, request: Request,
                    "command_poll_s": request.app.state.cfg.command_poll_s},
                   f"queue {body.queue} is {status}")
     with request.app.state.db.session() as s:
-        rows = claim_jobs(s, queue_id, body.n_jobs, body.pilot_id)
+        rows = claim_jobs(s, queue_id, body.n_jobs, body.pilot_id,
+                          max_walltime_s=body.max_walltime_s)
         pending = 0
         if not rows:
             pending = s.scalar(select(func.count()).select_from(Job).where(

@@ -35,6 +35,9 @@ class AcquireRequest(Record):
     pilot_id: str = bounded(min_length=1, max_length=255,
                             doc="who asks: host, pid, a unique id")
     n_jobs: int = bounded(1, ge=1, le=ACQUIRE_MAX)
+    max_walltime_s: float = bounded(0.0, ge=0, le=INT32_MAX,
+                                    doc="only jobs whose walltime fits in what is left of "
+                                        "the pilot's lifetime (0: any job)")
 
 
 @dataclass(frozen=True, kw_only=True)

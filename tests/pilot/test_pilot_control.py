@@ -303,3 +303,33 @@ def test_keep_workdir_keeps_the_default_dir_and_failed_job_dirs(
                  "--poll-interval", "0.05", "--keep-workdir"]) == 0
     (kept,) = tmp.iterdir()
     assert (kept / f"{bad['job_id']}.1" / "pilot.log").is_file()
+
+
+# --- multi-job pilots and their lifetime ----------------------------------------------------
+
+def test_a_pilot_with_a_lifetime_asks_only_for_jobs_that_fit_in_what_is_left(
+    stub_server: StubServer, make_spec: Callable[..., Spec], tmp_path: Path,
+) -> None:
+    stub_server.jobs = [make_spec(), make_spec(), make_spec()]
+    started = time.monotonic()
+    code = main(["--server", stub_server.url, "--queue", "Q", "--workdir", str(tmp_path / "w"),
+                 "--lifetime", "300", "--idle-timeout", "0.3", "--poll-interval", "0.05"])
+    assert code == 0
+    took = time.monotonic() - started
+    finals = [u for u in stub_server.updates() if u["state"] in wire.FINAL_REPORT_STATES]
+    assert [u["state"] for u in finals] == ["finished"] * 3  # several jobs in one pilot
+    with stub_server.lock:
+        asked = [b["max_walltime_s"] for _, p, b, _ in stub_server.calls
+                 if p == wire.ACQUIRE_JOBS]
+    assert len(asked) >= 4
+    assert all(300 - took - 1 <= a <= 300 for a in asked)
+    assert asked == sorted(asked, reverse=True)  # what is left only shrinks
+
+
+def test_a_pilot_whose_lifetime_is_over_takes_no_job(
+    stub_server: StubServer, make_spec: Callable[..., Spec], tmp_path: Path,
+) -> None:
+    stub_server.jobs = [make_spec()]
+    assert main(["--server", stub_server.url, "--queue", "Q", "--workdir", str(tmp_path / "w"),
+                 "--lifetime", "0.5", "--idle-timeout", "30", "--poll-interval", "0.05"]) == 0
+    assert stub_server.acquire_count() == 0

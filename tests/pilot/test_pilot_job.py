@@ -343,7 +343,8 @@ def test_main_runs_jobs_then_exits_keeping_failed_job_dirs_when_asked(
     assert (workdir / f"{bad['job_id']}.1" / "pilot.log").is_file()
     with stub_server.lock:
         acquires = [b for _, p, b, _ in stub_server.calls if p == wire.ACQUIRE_JOBS]
-    assert acquires[0] == {"queue": "Q", "pilot_id": "test-pilot", "n_jobs": 1}
+    assert acquires[0] == {"queue": "Q", "pilot_id": "test-pilot", "n_jobs": 1,
+                           "max_walltime_s": 0.0}
 
 
 def test_main_stops_after_max_jobs(
