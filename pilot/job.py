@@ -27,7 +27,7 @@ from dawms.pilot.commands import CommandPoller
 from dawms.pilot.heartbeat import Heartbeat
 from dawms.pilot.log import LOG_MEMBERS, PILOT_LOG_NAME, make_log_tarball, write_job_spec
 from dawms.pilot.payload import STDERR_NAME, Payload, PayloadError, PayloadResult, build_command
-from dawms.pilot.stagein import StageInError, stage_in
+from dawms.pilot.stagein import StageInError, direct_inputs, stage_in
 from dawms.pilot.stageout import StageOutError, stage_out_log, stage_out_outputs
 from dawms.wire import Command, InputFile, JobSpec, OutputReport, OutputSpec, WireError
 from dawms.wire.command import payload_env
@@ -184,14 +184,20 @@ class JobRunner:
     def _work(self, spec: JobSpec, heartbeat: Heartbeat) -> list[OutputReport]:
         """Stage in, run, stage out; return the outputs' report entries."""
         _check_names(spec)
-        staged = stage_in(spec, self.workdir, should_stop=lambda: self._abort is not None)
-        self.metrics["bytes_in"] = sum(f.size for f in staged)
+        if spec.direct_access:  # the payload reads the inputs in place, by URL
+            direct = direct_inputs(spec)
+            names = [d.url for d in direct]
+            self.metrics["direct_access_files"] = len(direct)
+        else:
+            staged = stage_in(spec, self.workdir, should_stop=lambda: self._abort is not None)
+            self.metrics["bytes_in"] = sum(f.size for f in staged)
+            names = [f.lfn for f in staged]
         self._raise_if_aborted()
         heartbeat.state = "running"  # before the report, so no 'starting' beat follows it
         if self._report("running") == Command.KILL:
             self.abort("killed", "killed on the server's command")
         self._raise_if_aborted()
-        result = self._run_payload(spec, [f.lfn for f in staged])
+        result = self._run_payload(spec, names)
         self.exit_code = result.exit_code
         self.metrics.update(result.metrics())
         if heartbeat.stale:

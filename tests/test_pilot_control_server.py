@@ -150,3 +150,25 @@ def test_a_pilot_near_the_end_of_its_lifetime_gets_only_jobs_that_fit(
     bad = api.post("/api/v1/pilot/acquire_jobs", json={
         "queue": "SITE_A_PROD", "pilot_id": "p", "max_walltime_s": -1})
     assert bad.status_code == 422
+
+
+def test_direct_access_of_the_site_file_reaches_the_job_spec(
+        db: Database, ddm: LocalDDM, tmp_path: Path,
+        bearer: Callable[..., dict[str, str]]) -> None:
+    from dawms.catalog.site_config import sync, validate
+    from factories import site_config
+
+    cfg = site_config(tmp_path / "storage", ["SITE_A", "SITE_B"],
+                      movers={"read": ["root", "file"], "write": ["file"], "log": ["file"]})
+    cfg["queue"][0]["direct_access"] = True
+    with db.session() as s:
+        sync(s, validate(cfg), actor="test", source="direct")
+    make_dataset(db, ddm, "pc:raw", "SITE_A_DISK", 1, tmp_path)
+    with TestClient(create_app(db, ddm, SchedulerConfig())) as client:
+        client.headers.update(bearer("admin", "pc"))
+        client.post("/api/v1/task/submit", json=SPEC).raise_for_status()
+        Scheduler(db, ddm).run_all_once()
+        (job,) = client.post("/api/v1/pilot/acquire_jobs", json={
+            "queue": "SITE_A_PROD", "pilot_id": "p"}).json()["data"]["jobs"]
+    assert job["direct_access"] is True
+    assert job["movers"] == {"read": ["root", "file"], "write": ["file"], "log": ["file"]}

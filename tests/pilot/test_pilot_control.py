@@ -333,3 +333,59 @@ def test_a_pilot_whose_lifetime_is_over_takes_no_job(
     assert main(["--server", stub_server.url, "--queue", "Q", "--workdir", str(tmp_path / "w"),
                  "--lifetime", "0.5", "--idle-timeout", "30", "--poll-interval", "0.05"]) == 0
     assert stub_server.acquire_count() == 0
+
+
+# --- direct access ---------------------------------------------------------------------------
+
+READ_IN_PLACE = """\
+import sys
+from urllib.parse import urlsplit
+*inputs, output = sys.argv[1:]
+open("argv.txt", "w").write("\\n".join(inputs))
+with open(output, "wb") as out:
+    for url in inputs:
+        out.write(open(urlsplit(url).path, "rb").read())
+"""
+
+
+def test_direct_access_gives_the_payload_urls_and_copies_nothing(
+    client: PilotClient, stub_server: StubServer, make_spec: Callable[..., Spec],
+    tmp_path: Path,
+) -> None:
+    script = tmp_path / "in_place.py"
+    script.write_text(READ_IN_PLACE)
+    spec = make_spec(direct_access=True, transformation=f"{PY} {script} {{inputs}} {{output}}")
+    result = JobRunner(client, spec, tmp_path / "work", sample_every_s=0.1).run()
+    assert result.outcome is Outcome.FINISHED, result
+    # the payload got the replicas' URLs; no input was copied into the work dir (kept
+    # by the runner: only the pilot's loop removes job dirs)
+    assert (tmp_path / "work" / "argv.txt").read_text().split("\n") == [
+        f["urls"][0] for f in spec["inputs"]]
+    assert not any((tmp_path / "work" / f["lfn"]).exists() for f in spec["inputs"])
+    final = stub_server.updates()[-1]
+    assert final["metrics"]["direct_access_files"] == 2
+    assert final["metrics"]["bytes_in"] == 0
+    expected = b"".join(local(f["urls"][0]).read_bytes() for f in spec["inputs"])
+    assert local(spec["outputs"][0]["url"]).read_bytes() == expected
+
+
+def test_direct_access_skips_a_replica_of_the_wrong_size_and_fails_as_stagein(
+    client: PilotClient, stub_server: StubServer, make_spec: Callable[..., Spec],
+    tmp_path: Path,
+) -> None:
+    spec = make_spec(direct_access=True, n_inputs=1)
+    item = spec["inputs"][0]
+    good = local(item["urls"][0])
+    short = good.with_name(good.name + ".short")
+    short.write_bytes(good.read_bytes()[:10])
+    outside = tmp_path / "elsewhere" / good.name
+    outside.parent.mkdir()
+    outside.write_bytes(good.read_bytes())
+    item["urls"] = [outside.as_uri(), short.as_uri(), good.as_uri()]
+    from dawms.pilot.stagein import direct_inputs
+    (chosen,) = direct_inputs(wire.JobSpec.from_dict(spec))
+    assert chosen.url == good.as_uri()  # not outside the endpoints, not the short one
+    item["urls"] = [short.as_uri()]
+    result = JobRunner(client, spec, tmp_path / "work").run()
+    assert (result.outcome, result.error_category) == (Outcome.FAILED, "stagein")
+    assert "10 bytes, the catalog says" in result.error_diag
