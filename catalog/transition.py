@@ -151,15 +151,19 @@ def record_created(session: Session, entity: Entity, rows: Sequence[tuple[int, i
     _log(session, entity, rows, "", state, actor, reason, now or datetime.now(UTC))
 
 
-@lru_cache(maxsize=4)
-def _claim_statement(dialect: str) -> Any:
-    """The claim statement, built once per dialect (it is the dispatch hot path)."""
+@lru_cache(maxsize=8)
+def _claim_statement(dialect: str, fits: bool = False) -> Any:
+    """The claim statement, built once per dialect (it is the dispatch hot path);
+    ``fits``: only jobs with a walltime of at most ``claim_walltime`` (none unlimited)."""
     job = Job.__table__
     inner = (select(job.c.id)
              .where(job.c.queue_id == bindparam("claim_queue"),
                     job.c.state == JobState.ACTIVATED.value)
              .order_by(job.c.priority.desc(), job.c.id)
              .limit(bindparam("claim_n")))
+    if fits:
+        inner = inner.where(job.c.walltime_s > 0,
+                            job.c.walltime_s <= bindparam("claim_walltime"))
     if dialect == "postgresql":
         # A materialized CTE: the locking subquery runs exactly once (inside IN (...)
         # PostgreSQL may re-run it and hand out more rows than asked for).
@@ -181,8 +185,12 @@ _HISTORY = insert(StateHistory.__table__)
 
 
 def claim_jobs(session: Session, queue_id: int, n: int, pilot_id: str,
-               now: datetime | None = None) -> list[tuple[int, int, str, dict[str, Any]]]:
+               now: datetime | None = None, *, max_walltime_s: float = 0
+               ) -> list[tuple[int, int, str, dict[str, Any]]]:
     """Claim up to ``n`` activated jobs of a queue for a pilot, best priority first.
+
+    ``max_walltime_s`` (a pilot near the end of its lifetime): only jobs whose
+    walltime fits in it; 0 means any job.
 
     One round trip; on PostgreSQL concurrent claimers skip each other's locked
     rows instead of waiting or failing, so nobody is told "no jobs" while jobs
@@ -191,9 +199,11 @@ def claim_jobs(session: Session, queue_id: int, n: int, pilot_id: str,
     """
     now = now or datetime.now(UTC)
     conn = session.connection()
-    stmt = _claim_statement(conn.dialect.name)
-    rows = [(r[0], r[1], r[2], r[3] or {}) for r in conn.execute(
-        stmt, {"claim_queue": queue_id, "claim_n": n, "claim_pilot": pilot_id, "claim_now": now})]
+    stmt = _claim_statement(conn.dialect.name, fits=max_walltime_s > 0)
+    params = {"claim_queue": queue_id, "claim_n": n, "claim_pilot": pilot_id, "claim_now": now}
+    if max_walltime_s > 0:
+        params["claim_walltime"] = int(max_walltime_s)
+    rows = [(r[0], r[1], r[2], r[3] or {}) for r in conn.execute(stmt, params)]
     if rows:
         actor = f"pilot:{pilot_id}"
         conn.execute(_HISTORY, [

@@ -28,6 +28,7 @@ from dawms.wire import (
     AcquireRequest,
     BulkResult,
     BulkUpdate,
+    CommandQuery,
     JobReport,
     JobSpec,
     OutputReport,
@@ -64,6 +65,7 @@ class Acquired:
 
     jobs: list[Mapping[str, Any]]
     pending: int
+    command_poll_s: float = 0.0  # how often to ask get_command while a job runs (0: never)
 
 
 @dataclass(frozen=True)
@@ -115,17 +117,30 @@ class PilotClient:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def acquire_jobs(self, queue: str, pilot_id: str, n_jobs: int = 1) -> Acquired:
-        request = AcquireRequest(queue=queue, pilot_id=pilot_id, n_jobs=n_jobs)
+    def acquire_jobs(self, queue: str, pilot_id: str, n_jobs: int = 1, *,
+                     max_walltime_s: float = 0.0) -> Acquired:
+        """Claim jobs; ``max_walltime_s`` > 0 takes only jobs whose walltime fits in it."""
+        request = AcquireRequest(queue=queue, pilot_id=pilot_id, n_jobs=n_jobs,
+                                 max_walltime_s=max_walltime_s)
         data = self._post(wire.ACQUIRE_JOBS, request.to_dict())
         if not isinstance(data, Mapping) or not isinstance(data.get("jobs", []), list):
             raise BadReply(f"{wire.ACQUIRE_JOBS}: malformed reply {str(data)[:300]}")
         jobs = [j for j in data.get("jobs", []) if isinstance(j, Mapping)]
         try:  # the envelope's own fields; each job is parsed by the job runner
-            pending = AcquireReply.from_dict({"pending": data.get("pending", 0)}).pending
+            reply = AcquireReply.from_dict({"pending": data.get("pending", 0),
+                                            "command_poll_s": data.get("command_poll_s", 0.0)})
         except WireError as exc:
             raise BadReply(f"{wire.ACQUIRE_JOBS}: {exc}") from None
-        return Acquired(jobs=jobs, pending=pending)
+        return Acquired(jobs=jobs, pending=reply.pending, command_poll_s=reply.command_poll_s)
+
+    def get_command(self, ref: JobRef) -> str | None:
+        """Ask once (no retries: the caller polls again) for the job's pending command."""
+        body = CommandQuery(job_id=ref.job_id, attempt=ref.attempt, lease_token=ref.lease_token)
+        data = self._post(wire.GET_COMMAND, body.to_dict(), retry=False)
+        try:
+            return UpdateReply.from_dict(data or {}).command
+        except WireError as exc:
+            raise BadReply(f"{wire.GET_COMMAND}: {exc}") from None
 
     def update_job(
         self,
@@ -162,9 +177,11 @@ class PilotClient:
             raise BadReply(f"{wire.UPDATE_JOBS_BULK}: {exc}") from None
 
     def _post(
-        self, path: str, body: dict[str, Any], *, cancel: threading.Event | None = None
+        self, path: str, body: dict[str, Any], *, cancel: threading.Event | None = None,
+        retry: bool = True,
     ) -> Any:
-        """POST ``body``; return the envelope's ``data``, retrying what may pass later."""
+        """POST ``body``; return the envelope's ``data``, retrying what may pass later
+        (unless ``retry`` is false: then ``ServerUnavailable`` at the first failure)."""
         deadline = time.monotonic() + self.give_up_after_s
         delay = self.backoff_initial_s
         while True:
@@ -181,6 +198,8 @@ class PilotClient:
                     raise ClientError(f"{path}: HTTP {reply.status_code}: {_message(reply)}")
                 problem = f"HTTP {reply.status_code}: {_message(reply)}"
                 retry_after = _retry_after(reply)
+            if not retry:
+                raise ServerUnavailable(f"{path}: {problem}")
             wait = min(retry_after or delay * random.uniform(0.8, 1.2), self.backoff_max_s)
             left = deadline - time.monotonic()
             if left <= 0:

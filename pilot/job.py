@@ -23,10 +23,11 @@ from pathlib import Path
 from typing import Any
 
 from dawms.pilot.client import ClientError, JobRef, PilotClient, StaleJob
+from dawms.pilot.commands import CommandPoller
 from dawms.pilot.heartbeat import Heartbeat
 from dawms.pilot.log import LOG_MEMBERS, PILOT_LOG_NAME, make_log_tarball, write_job_spec
 from dawms.pilot.payload import STDERR_NAME, Payload, PayloadError, PayloadResult, build_command
-from dawms.pilot.stagein import StageInError, stage_in
+from dawms.pilot.stagein import StageInError, direct_inputs, stage_in
 from dawms.pilot.stageout import StageOutError, stage_out_log, stage_out_outputs
 from dawms.wire import Command, InputFile, JobSpec, OutputReport, OutputSpec, WireError
 from dawms.wire.command import payload_env
@@ -67,7 +68,7 @@ class JobRunner:
 
     def __init__(
         self, client: PilotClient, spec: JobSpec | Mapping[str, Any], workdir: Path, *,
-        kill_grace_s: float = 10.0,
+        kill_grace_s: float = 10.0, command_poll_s: float = 0.0, sample_every_s: float = 2.0,
     ) -> None:
         self.client = client
         self.workdir = Path(workdir)
@@ -84,11 +85,22 @@ class JobRunner:
         except WireError as exc:
             self.ref, self.bad_spec = None, self.bad_spec or str(exc)
         self.kill_grace_s = kill_grace_s
+        self.command_poll_s = command_poll_s  # 0: commands come with heartbeats only
+        self.sample_every_s = sample_every_s  # the payload's process tree is read this often
         self.metrics: dict[str, float | int] = {"bytes_in": 0, "bytes_out": 0}
         self.exit_code: int | None = None  # the payload's, once it ended
         self._abort: tuple[str, str] | None = None
         self._payload: Payload | None = None
         self._report_lock = threading.Lock()  # reports and heartbeats go out one at a time
+
+    def terminate(self, reason: str) -> None:
+        """The pilot is told to stop (SIGTERM from the batch system): a payload that
+        already ended still has its outputs staged out and reported; otherwise the
+        job is aborted as ``killed``."""
+        if self.exit_code is not None and self._abort is None:
+            log.warning("%s after the payload ended: staging out before leaving", reason)
+            return
+        self.abort("killed", reason)
 
     def abort(self, category: str, diag: str) -> None:
         """Stop the job: kill the payload if it runs; the job will report failed."""
@@ -132,13 +144,16 @@ class JobRunner:
             self.abort("killed", "killed on the server's command")
         failure: _Failure | None = None
         outputs: list[OutputReport] = []
+        poller = CommandPoller(self.client, self._ref, self.command_poll_s, kill=self.abort)
         try:
             heartbeat.start()
+            poller.start()
             try:
                 outputs = self._work(spec, heartbeat)
             finally:
+                poller.stop()
                 heartbeat.stop()
-            if heartbeat.stale:
+            if heartbeat.stale or poller.stale:
                 raise StaleJob("a heartbeat was refused with 409")
             self._raise_if_aborted()
         except _Failure as exc:
@@ -152,6 +167,8 @@ class JobRunner:
         except Exception as exc:
             log.exception("pilot error in job %d", self._ref.job_id)
             failure = _Failure("pilot", f"{type(exc).__name__}: {exc}")
+        if heartbeat.stale or poller.stale:  # the abort it caused is not ours to report
+            raise StaleJob("the server refused this attempt as stale")
         if failure is not None:
             log.error("job %d failed (%s): %s", self._ref.job_id, failure.category, failure.diag)
             outputs = []  # outputs of a failed job are not registered
@@ -167,21 +184,28 @@ class JobRunner:
     def _work(self, spec: JobSpec, heartbeat: Heartbeat) -> list[OutputReport]:
         """Stage in, run, stage out; return the outputs' report entries."""
         _check_names(spec)
-        staged = stage_in(spec, self.workdir, should_stop=lambda: self._abort is not None)
-        self.metrics["bytes_in"] = sum(f.size for f in staged)
+        if spec.direct_access:  # the payload reads the inputs in place, by URL
+            direct = direct_inputs(spec)
+            names = [d.url for d in direct]
+            self.metrics["direct_access_files"] = len(direct)
+        else:
+            staged = stage_in(spec, self.workdir, should_stop=lambda: self._abort is not None)
+            self.metrics["bytes_in"] = sum(f.size for f in staged)
+            names = [f.lfn for f in staged]
         self._raise_if_aborted()
         heartbeat.state = "running"  # before the report, so no 'starting' beat follows it
         if self._report("running") == Command.KILL:
             self.abort("killed", "killed on the server's command")
         self._raise_if_aborted()
-        result = self._run_payload(spec, [f.lfn for f in staged])
+        result = self._run_payload(spec, names)
         self.exit_code = result.exit_code
         self.metrics.update(result.metrics())
         if heartbeat.stale:
             raise StaleJob("a heartbeat was refused with 409")
         self._raise_if_aborted()
-        if result.timed_out:
-            raise _Failure("timeout", f"{result.kill_reason}; {_tail(self.workdir / STDERR_NAME)}")
+        if result.kill_category:  # one of the pilot's limits: walltime, memory, output size
+            raise _Failure(result.kill_category,
+                           f"{result.kill_reason}; {_tail(self.workdir / STDERR_NAME)}")
         if result.exit_code != 0:
             raise _Failure("payload", f"exit code {result.exit_code}: "
                                       f"{_tail(self.workdir / STDERR_NAME)}")
@@ -201,7 +225,8 @@ class JobRunner:
                     "DAWMS_CORES": str(spec.cores), "DAWMS_WORKDIR": str(self.workdir),
                     **payload_env(inputs, [o.lfn for o in spec.outputs])})
         payload = Payload(argv, self.workdir, walltime_s=spec.walltime_s, env=env,
-                          kill_grace_s=self.kill_grace_s)
+                          kill_grace_s=self.kill_grace_s, memory_limit_mb=spec.memory_mb,
+                          sample_every_s=self.sample_every_s)
         self._payload = payload
         if self._abort is not None:  # abort() came before the payload object existed
             payload.kill(self._abort[1])
@@ -254,10 +279,11 @@ class JobRunner:
 
 def run_job(
     client: PilotClient, spec: JobSpec | Mapping[str, Any], workdir: Path, *,
-    kill_grace_s: float = 10.0,
+    kill_grace_s: float = 10.0, command_poll_s: float = 0.0, sample_every_s: float = 2.0,
 ) -> JobResult:
     """Run one job (a ``wire.JobSpec``, or its dict to parse) in ``workdir`` and report it."""
-    return JobRunner(client, spec, workdir, kill_grace_s=kill_grace_s).run()
+    return JobRunner(client, spec, workdir, kill_grace_s=kill_grace_s,
+                     command_poll_s=command_poll_s, sample_every_s=sample_every_s).run()
 
 
 def _check_names(spec: JobSpec) -> None:

@@ -1,12 +1,17 @@
 """The ``dawms-pilot`` command: pull jobs for one queue and run them until idle.
 
 A pilot asks the server for one job at a time, runs it in
-``<workdir>/<job_id>.<attempt>/`` (removed after success, kept after failure
-for inspection), and asks again. When no job comes it polls every
+``<workdir>/<job_id>.<attempt>/`` and asks again. The work dir is by default a
+fresh directory under the system temp dir (``$TMPDIR``), removed at exit; each
+job's directory is removed after the job, unless ``--keep-workdir`` keeps the
+failed ones (and the default work dir) for inspection. When no job comes it
+polls every
 ``--poll-interval`` seconds; while the server says jobs of the queue are
 pending (waiting for data) it keeps waiting, and once there has been neither a
 job nor a pending one for ``--idle-timeout`` seconds it exits 0. SIGTERM or
-SIGINT kill the running payload, report the job failed (``killed``) and exit.
+SIGINT end the pilot: a job whose payload already ended still stages out
+and reports; otherwise the payload is killed and the job reported failed
+(``killed``).
 
 Its bearer token (a pilot token bound to its queue) comes from ``--token-file``
 or ``$DAWMS_TOKEN``, never from a command-line value (which any local user could
@@ -24,6 +29,7 @@ import shutil
 import signal
 import socket
 import sys
+import tempfile
 import threading
 import time
 import uuid
@@ -94,6 +100,8 @@ class Pilot:
         poll_interval_s: float = 2.0,
         lifetime_s: float = 0.0,
         kill_grace_s: float = 10.0,
+        keep_workdir: bool = False,
+        sample_every_s: float = 2.0,
     ) -> None:
         self.client = client
         self.queue = queue
@@ -104,6 +112,8 @@ class Pilot:
         self.poll_interval_s = poll_interval_s
         self.lifetime_s = lifetime_s
         self.kill_grace_s = kill_grace_s
+        self.keep_workdir = keep_workdir
+        self.sample_every_s = sample_every_s
         self.outcomes: Counter[str] = Counter()
         self.stop_reason: str | None = None
         self._stop = threading.Event()
@@ -115,7 +125,7 @@ class Pilot:
         self._stop.set()
         runner = self._runner
         if runner is not None:
-            runner.abort("killed", reason)
+            runner.terminate(reason)
 
     def run(self) -> int:
         """Loop until idle, ``max_jobs`` done, lifetime over or stopped; return an exit code."""
@@ -127,17 +137,19 @@ class Pilot:
             if self.max_jobs and jobs_done >= self.max_jobs:
                 log.info("ran %d jobs, the maximum", jobs_done)
                 break
-            if self.lifetime_s and time.monotonic() - started > self.lifetime_s:
+            left = self.lifetime_s - (time.monotonic() - started) if self.lifetime_s else 0.0
+            if self.lifetime_s and left < 1:
                 log.info("lifetime of %g s reached", self.lifetime_s)
                 break
-            try:
-                acquired = self.client.acquire_jobs(self.queue, self.pilot_id, 1)
+            try:  # with a lifetime, only a job whose walltime fits in what is left
+                acquired = self.client.acquire_jobs(self.queue, self.pilot_id, 1,
+                                                    max_walltime_s=left)
             except ClientError as exc:
                 log.error("cannot get jobs: %s", exc)
                 return 2
             if acquired.jobs:
                 for spec in acquired.jobs:
-                    self._run_one(spec)
+                    self._run_one(spec, acquired.command_poll_s)
                 last_work = time.monotonic()
                 continue
             now = time.monotonic()
@@ -150,13 +162,14 @@ class Pilot:
         log.info("pilot done: %s", dict(self.outcomes) or "no jobs")
         return 1 if self.stop_reason else 0
 
-    def _run_one(self, spec: Mapping[str, Any]) -> None:
+    def _run_one(self, spec: Mapping[str, Any], command_poll_s: float = 0.0) -> None:
         try:  # the job's own dir is named by its fence, once that is checked
             ref: JobRef | None = JobRef.of(spec)
         except WireError:
             ref = None  # the runner refuses the job without touching the disk
         jobdir = self.workdir / (f"{ref.job_id}.{ref.attempt}" if ref else "refused")
-        runner = JobRunner(self.client, spec, jobdir, kill_grace_s=self.kill_grace_s)
+        runner = JobRunner(self.client, spec, jobdir, kill_grace_s=self.kill_grace_s,
+                           command_poll_s=command_poll_s, sample_every_s=self.sample_every_s)
         self._runner = runner
         if self._stop.is_set():
             runner.abort("killed", self.stop_reason or "pilot stopping")
@@ -171,7 +184,7 @@ class Pilot:
                  else "")
         if result.outcome is Outcome.REFUSED:
             return
-        if result.outcome is Outcome.FINISHED:
+        if result.outcome is Outcome.FINISHED or not self.keep_workdir:
             shutil.rmtree(jobdir, ignore_errors=True)
         else:
             log.info("keeping %s for inspection", jobdir)
@@ -182,7 +195,11 @@ def build_parser() -> argparse.ArgumentParser:
                                 allow_abbrev=False)  # --token must not mean --token-file
     p.add_argument("--server", required=True, help="server base URL, e.g. http://host:8080")
     p.add_argument("--queue", required=True, help="the queue (PanDA resource) to pull jobs for")
-    p.add_argument("--workdir", type=Path, default=Path.cwd(), help="where job dirs go")
+    p.add_argument("--workdir", type=Path, default=None,
+                   help="where job dirs go (default: a fresh dir under $TMPDIR, removed at "
+                        "exit)")
+    p.add_argument("--keep-workdir", action="store_true",
+                   help="keep each failed job's dir (and a default work dir) for inspection")
     p.add_argument("--max-jobs", type=int, default=0, help="stop after N jobs (0: no limit)")
     p.add_argument("--idle-timeout", type=float, default=60.0,
                    help="exit after S seconds with no job and none pending (default 60)")
@@ -190,7 +207,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="seconds between asks when no job came (default 2)")
     p.add_argument("--pilot-id", default=None, help="default: host:pid:random")
     p.add_argument("--lifetime", type=float, default=0.0,
-                   help="take no new job after S seconds (0: no limit)")
+                   help="run jobs for S seconds: take only jobs whose walltime fits in what "
+                        "is left, none after (0: no limit)")
     p.add_argument("--give-up-after", type=float, default=DEFAULT_GIVE_UP_S,
                    help="seconds to keep retrying an unreachable server (default 3 h)")
     p.add_argument("--kill-grace", type=float, default=10.0,
@@ -211,13 +229,31 @@ def main(argv: list[str] | None = None) -> int:
     except TokenFileError as exc:
         log.error("%s", exc)
         return 2
-    with PilotClient(args.server, give_up_after_s=args.give_up_after, token=token) as client:
-        pilot = Pilot(client, args.queue, args.workdir, pilot_id=args.pilot_id,
+    with PilotClient(args.server, give_up_after_s=args.give_up_after, token=token) as client, \
+            _workdir(args.workdir, args.keep_workdir) as workdir:
+        pilot = Pilot(client, args.queue, workdir, pilot_id=args.pilot_id,
                       max_jobs=args.max_jobs, idle_timeout_s=args.idle_timeout,
                       poll_interval_s=args.poll_interval, lifetime_s=args.lifetime,
-                      kill_grace_s=args.kill_grace)
+                      kill_grace_s=args.kill_grace, keep_workdir=args.keep_workdir)
         with _stop_on_signals(pilot):
             return pilot.run()
+
+
+@contextlib.contextmanager
+def _workdir(given: Path | None, keep: bool) -> Iterator[Path]:
+    """The given work dir, or a fresh one under the temp dir, removed at the end
+    unless ``keep``."""
+    if given is not None:
+        yield given
+        return
+    made = Path(tempfile.mkdtemp(prefix="dawms-pilot-"))
+    try:
+        yield made
+    finally:
+        if keep:
+            log.info("keeping the work dir %s", made)
+        else:
+            shutil.rmtree(made, ignore_errors=True)
 
 
 @contextlib.contextmanager

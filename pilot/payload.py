@@ -8,9 +8,15 @@ be killed: at the walltime limit, on a server
 command, or when the pilot itself is told to stop. stdout and stderr go to
 files in the work dir for the log tarball. On Linux the payload also gets
 SIGKILL if the pilot dies abruptly (``PR_SET_PDEATHSIG``), so a killed pilot
-leaves no payload behind. CPU time and max RSS come from
-``wait4`` (the payload and its reaped descendants) and, while it runs, from
-``/proc`` samples of its process group (Linux; elsewhere they read 0).
+leaves no payload behind.
+
+While it runs the process tree is sampled every ``sample_every_s`` like prmon
+(``pilot/monitor.py``: max RSS and PSS, cpu user+sys, process count); at the
+end ``wait4`` adds what the reaped payload used. Three limits end it, each with
+its own error category: the walltime (``walltime``), the job's memory over its
+``memory_mb`` (``memory``: PSS where the kernel has it, else RSS, as PanDA's
+pilot checks maxPSS), and stdout or stderr growing past ``output_limit_bytes``
+(``payload``: a runaway log must not fill the work dir).
 """
 
 from __future__ import annotations
@@ -31,14 +37,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
+from dawms.pilot.monitor import TreeMonitor, file_size
 from dawms.wire.command import TemplateError, build_argv
 
 log = logging.getLogger(__name__)
 
 STDOUT_NAME = "payload.stdout"
 STDERR_NAME = "payload.stderr"
-_PAGE_KB = os.sysconf("SC_PAGE_SIZE") // 1024 if hasattr(os, "sysconf") else 4
-_CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+OUTPUT_LIMIT_BYTES = 256 * 1024 * 1024  # stdout and stderr each (PanDA's pilot: a few GB)
+
+# why the pilot ended a payload: the error category the job reports
+KILL_WALLTIME = "walltime"
+KILL_MEMORY = "memory"
+KILL_OUTPUT = "payload"
 
 
 _PR_SET_PDEATHSIG = 1
@@ -100,10 +111,15 @@ class PayloadResult:
     max_rss_kb: int
     timed_out: bool
     kill_reason: str | None
+    max_pss_kb: int = 0
+    max_procs: int = 0
+    samples: int = 0
+    kill_category: str | None = None  # walltime | memory | payload when the pilot's limit hit
 
     def metrics(self) -> dict[str, float | int]:
         return {"cpu_s": round(self.cpu_s, 3), "wall_s": round(self.wall_s, 3),
-                "max_rss_kb": self.max_rss_kb}
+                "max_rss_kb": self.max_rss_kb, "max_pss_kb": self.max_pss_kb,
+                "max_procs": self.max_procs, "monitor_samples": self.samples}
 
 
 class Payload:
@@ -118,20 +134,24 @@ class Payload:
         env: Mapping[str, str] | None = None,
         kill_grace_s: float = 10.0,
         sample_every_s: float = 2.0,
+        memory_limit_mb: float | None = None,
+        output_limit_bytes: int = OUTPUT_LIMIT_BYTES,
     ) -> None:
         self.argv = list(argv)
         self.workdir = Path(workdir)
         self.walltime_s = walltime_s or None
         self.env = dict(os.environ if env is None else env)
         self.kill_grace_s = kill_grace_s
-        self.sample_every_s = sample_every_s  # how often /proc is read for live metrics
+        self.sample_every_s = sample_every_s  # how often the tree is read for live metrics
+        self.memory_limit_mb = memory_limit_mb or None
+        self.output_limit_bytes = output_limit_bytes
         self._proc: subprocess.Popen[bytes] | None = None
         self._started = 0.0
         self._lock = threading.RLock()  # kill() may run in a signal handler
         self._kill_reason: str | None = None
+        self._kill_category: str | None = None
         self._killed_at: float | None = None
-        self._sampled_cpu_s = 0.0
-        self._sampled_rss_kb = 0
+        self._monitor: TreeMonitor | None = None
 
     @property
     def pid(self) -> int | None:
@@ -151,13 +171,15 @@ class Payload:
             except OSError as exc:
                 raise PayloadError(f"cannot start {self.argv[0]!r}: {exc}") from exc
         self._started = time.monotonic()
+        self._monitor = TreeMonitor(self._proc.pid)
         log.info("payload started, pid %d: %s", self._proc.pid, shlex.join(self.argv))
 
-    def kill(self, reason: str) -> None:
-        """Ask the payload to stop (SIGTERM to its group, SIGKILL after the grace)."""
+    def kill(self, reason: str, category: str | None = None) -> None:
+        """Ask the payload to stop (SIGTERM to its group, SIGKILL after the grace);
+        ``category`` is set when one of the pilot's own limits was hit."""
         with self._lock:
             if self._kill_reason is None:
-                self._kill_reason = reason
+                self._kill_reason, self._kill_category = reason, category
             if self._proc is None or self._killed_at is not None:
                 return  # not started yet (wait() will kill it) or already being killed
             self._killed_at = time.monotonic()
@@ -168,8 +190,10 @@ class Payload:
     def metrics(self) -> dict[str, float | int]:
         """Metrics so far, for heartbeats."""
         wall = time.monotonic() - self._started if self._started else 0.0
-        return {"cpu_s": round(self._sampled_cpu_s, 3), "wall_s": round(wall, 3),
-                "max_rss_kb": self._sampled_rss_kb}
+        m = self._monitor
+        return {"cpu_s": round(m.cpu_s if m else 0.0, 3), "wall_s": round(wall, 3),
+                "max_rss_kb": m.max_rss_kb if m else 0, "max_pss_kb": m.max_pss_kb if m else 0,
+                "max_procs": m.max_procs if m else 0}
 
     def wait(self) -> PayloadResult:
         """Wait for the end, enforcing the walltime; reap the whole process group."""
@@ -189,11 +213,11 @@ class Payload:
             if (self.walltime_s and not timed_out and self._kill_reason is None
                     and now - self._started > self.walltime_s):
                 timed_out = True
-                self.kill(f"walltime of {self.walltime_s:g} s exceeded")
+                self.kill(f"walltime of {self.walltime_s:g} s exceeded", KILL_WALLTIME)
             if self._killed_at is not None and now - self._killed_at > self.kill_grace_s:
                 _signal_group(pid, signal.SIGKILL)
             if now >= next_sample:
-                self._sample(pid)
+                self._check_limits()
                 next_sample = now + self.sample_every_s
             time.sleep(pause)
             pause = min(pause * 2, 0.25)
@@ -203,26 +227,47 @@ class Payload:
         wall = time.monotonic() - self._started
         _signal_group(pid, signal.SIGKILL)  # leftovers the payload left running
         cpu = usage.ru_utime + usage.ru_stime
+        m = self._monitor
+        assert m is not None  # set by start()
         result = PayloadResult(
-            exit_code=exit_code, wall_s=wall, cpu_s=max(cpu, self._sampled_cpu_s),
-            max_rss_kb=max(int(usage.ru_maxrss), self._sampled_rss_kb),
-            timed_out=timed_out, kill_reason=self._kill_reason)
-        log.info("payload pid %d ended: exit %d, wall %.1f s, cpu %.1f s, max rss %d kB",
-                 pid, exit_code, result.wall_s, result.cpu_s, result.max_rss_kb)
+            exit_code=exit_code, wall_s=wall, cpu_s=max(cpu, m.cpu_s),
+            max_rss_kb=max(int(usage.ru_maxrss), m.max_rss_kb),
+            timed_out=timed_out, kill_reason=self._kill_reason, max_pss_kb=m.max_pss_kb,
+            max_procs=m.max_procs, samples=m.samples, kill_category=self._kill_category)
+        log.info("payload pid %d ended: exit %d, wall %.1f s, cpu %.1f s, max rss %d kB, "
+                 "max pss %d kB", pid, exit_code, result.wall_s, result.cpu_s,
+                 result.max_rss_kb, result.max_pss_kb)
         return result
 
-    def _sample(self, pgid: int) -> None:
-        cpu_ticks, rss_pages = _group_usage(pgid)
-        self._sampled_cpu_s = max(self._sampled_cpu_s, cpu_ticks / _CLK_TCK)
-        self._sampled_rss_kb = max(self._sampled_rss_kb, rss_pages * _PAGE_KB)
+    def _check_limits(self) -> None:
+        """Sample the tree; kill it over the memory limit or a runaway stdout/stderr."""
+        m = self._monitor
+        if m is None or m.sample() is None or self._kill_reason is not None:
+            return
+        if self.memory_limit_mb:
+            used_kb, what = (m.max_pss_kb, "PSS") if m.max_pss_kb else (m.max_rss_kb, "RSS")
+            if used_kb > self.memory_limit_mb * 1024:
+                self.kill(f"memory limit of {self.memory_limit_mb:g} MB exceeded: {what} "
+                          f"{used_kb / 1024:.0f} MB", KILL_MEMORY)
+                return
+        for name in (STDOUT_NAME, STDERR_NAME):
+            size = file_size(self.workdir / name)
+            if size > self.output_limit_bytes:
+                self.kill(f"{name} grew past {self.output_limit_bytes} bytes ({size})",
+                          KILL_OUTPUT)
+                return
 
 
 def run_payload(
     argv: Sequence[str], workdir: Path, *, walltime_s: float | None = None,
     env: Mapping[str, str] | None = None, kill_grace_s: float = 10.0,
+    memory_limit_mb: float | None = None, sample_every_s: float = 2.0,
+    output_limit_bytes: int = OUTPUT_LIMIT_BYTES,
 ) -> PayloadResult:
     """Start a payload and wait for it."""
-    payload = Payload(argv, workdir, walltime_s=walltime_s, env=env, kill_grace_s=kill_grace_s)
+    payload = Payload(argv, workdir, walltime_s=walltime_s, env=env, kill_grace_s=kill_grace_s,
+                      memory_limit_mb=memory_limit_mb, sample_every_s=sample_every_s,
+                      output_limit_bytes=output_limit_bytes)
     payload.start()
     return payload.wait()
 
@@ -239,26 +284,3 @@ def _open_new(path: Path) -> BinaryIO:
 def _signal_group(pgid: int, sig: signal.Signals) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pgid, sig)
-
-
-def _group_usage(pgid: int) -> tuple[int, int]:
-    """(utime+stime ticks, resident pages) summed over live processes of a group."""
-    ticks = pages = 0
-    try:
-        entries = os.listdir("/proc")
-    except OSError:
-        return 0, 0
-    for entry in entries:
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat", "rb") as f:
-                stat = f.read()
-        except OSError:
-            continue
-        fields = stat[stat.rfind(b")") + 2:].split()
-        # fields[0] is the state; pgrp, utime, stime, rss are stat fields 5, 14, 15, 24.
-        if len(fields) > 21 and int(fields[2]) == pgid:
-            ticks += int(fields[11]) + int(fields[12])
-            pages += int(fields[21])
-    return ticks, pages

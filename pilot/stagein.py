@@ -10,6 +10,13 @@ Nothing is fetched from outside the job's storage endpoints: a replica URL must
 lie under the URL prefix of one of the endpoints the spec lists
 (``spec.endpoints``, name -> prefix), and the local copy must land inside the
 work dir (a plain file name, checked after resolving links).
+
+A queue with direct access (``spec.direct_access``, from the site file) reads
+inputs in place, as PanDA's direct I/O: ``direct_inputs`` picks for each input
+the first allowed replica whose size on the storage matches the catalog's (the
+same ranking, the same endpoint confinement), and the payload gets its URL
+instead of a local copy. Nothing is copied, so nothing is checksummed here: the
+bytes are read by the payload itself.
 """
 
 from __future__ import annotations
@@ -89,6 +96,46 @@ def stage_in_file(
         return StagedFile(lfn, dst, url, transfer.size, transfer.adler32, transfer.seconds)
     tried = "; ".join(attempts) if attempts else "no replica URL"
     raise StageInError(f"{lfn}: every replica failed: {tried}")
+
+
+@dataclass(frozen=True)
+class DirectInput:
+    lfn: str
+    url: str
+    size: int
+
+
+def direct_input(item: InputFile, preferred: Sequence[str] | None = None, *,
+                 allowed: Sequence[str]) -> DirectInput:
+    """The URL the payload reads ``item`` from: the first allowed replica that is there
+    with the catalog's size."""
+    urls = list(item.urls)
+    inside = [u for u in urls if any(within_url(p, u) for p in allowed)]
+    candidates = order_urls(inside, preferred)
+    attempts = [f"{u[:200]}: not under any storage endpoint of the job" for u in urls
+                if u not in inside]
+    attempts += [f"{u}: scheme not allowed by the queue ({', '.join(preferred or [])})"
+                 for u in inside if u not in candidates]
+    for url in candidates:
+        try:
+            fs, path = get_mover(url).fs_for(url)
+            size = int(fs.size(path))
+        except (MoverError, OSError, ValueError, TypeError) as exc:
+            attempts.append(f"{url}: {exc}")
+            continue
+        if size != item.size:
+            attempts.append(f"{url}: {size} bytes, the catalog says {item.size}")
+            continue
+        log.info("direct access to %s at %s (%d bytes)", item.lfn, url, size)
+        return DirectInput(item.lfn, url, size)
+    tried = "; ".join(attempts) if attempts else "no replica URL"
+    raise StageInError(f"{item.lfn}: no replica can be read in place: {tried}")
+
+
+def direct_inputs(spec: JobSpec) -> list[DirectInput]:
+    """Direct access: the URL of every input, in the spec's order."""
+    allowed = endpoint_prefixes(spec)
+    return [direct_input(item, spec.movers.read, allowed=allowed) for item in spec.inputs]
 
 
 def stage_in(

@@ -9,6 +9,7 @@ from dataclasses import dataclass, fields
 @dataclass(frozen=True)
 class SchedulerConfig:
     heartbeat_s: int = 1800  # how often pilots heartbeat (PanDA: 30 min)
+    command_poll_s: float = 20.0  # how often a running pilot asks get_command (a kill < 1 min)
     heartbeat_timeout_s: int = 7200  # running with no heartbeat -> failed (lost heartbeat)
     sent_timeout_s: int = 1800  # sent with no word from the pilot -> failed
     waiting_timeout_s: int = 14400  # no queue could take it (PanDA: defined 4 h)

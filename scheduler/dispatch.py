@@ -100,5 +100,5 @@ def job_specs(session: Session, job_queue: dict[int, int], ddm: DDM,
             memory_mb=job.memory_mb, walltime_s=job.walltime_s, disk_mb=job.disk_mb,
             heartbeat_s=heartbeat_s, queue=queue.name, endpoint_out=write.name,
             inputs=inputs, outputs=outputs, log=log, movers=Movers.of_queue(queue.movers),
-            endpoints=used)
+            direct_access=bool(queue.direct_access), endpoints=used)
     return specs

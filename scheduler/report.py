@@ -12,6 +12,11 @@ transaction opens, so no row lock is held while files are read, and a mismatch
 registers nothing and fails the job as a stage-out failure.
 Every reply carries the job's pending command for its pilot (``tobekilled``);
 the ``failed`` report that follows a kill makes the job ``cancelled``.
+Final reports are idempotent: a pilot re-sends its final report until it is
+acknowledged (the reply may have been lost in an outage), so a final report of
+the current attempt and lease about a job this pilot's own report already ended
+answers OK and changes nothing. A job ended by anyone else (the watcher, a kill)
+still answers 409.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from dawms.catalog.models import Job, JobFile, StorageEndpoint, Task
+from dawms.catalog.models import Job, JobFile, StateHistory, StorageEndpoint, Task
 from dawms.catalog.states import JOB_FINAL, PILOT_REPORT_PATHS, PILOT_REPORTABLE, Entity, JobState
 from dawms.catalog.transition import StaleState, transition
 from dawms.ddm_bridge.abc import DDM, FileInfo, RegistrationError
@@ -46,7 +51,7 @@ class BadReport(ValueError):
 
 
 def _fenced(session: Session, job_id: int, attempt: int, token: str,
-            lock_task: bool = False) -> Job:
+            lock_task: bool = False, final_ok: bool = False) -> Job:
     if lock_task:  # a final report may retry: take the task first, as a task kill does
         task_id = session.scalar(select(Job.task_id).where(Job.id == job_id))
         if task_id is not None:
@@ -58,9 +63,17 @@ def _fenced(session: Session, job_id: int, attempt: int, token: str,
     if job.attempt != attempt or job.lease_token != token:
         raise StaleReport(f"job {job_id} attempt {attempt} with this lease is not current "
                           f"(current attempt {job.attempt}, state {job.state})")
-    if job.state in JOB_FINAL:
+    if job.state in JOB_FINAL and not (final_ok and _ended_by_its_pilot(session, job)):
         raise StaleReport(f"job {job_id} attempt {attempt} is already {job.state}")
     return job
+
+
+def _ended_by_its_pilot(session: Session, job: Job) -> bool:
+    """Whether the job's last state change was made by its pilot's own report."""
+    actor = session.scalar(select(StateHistory.actor).where(
+        StateHistory.entity == Entity.JOB.value, StateHistory.entity_id == job.id)
+        .order_by(StateHistory.id.desc()).limit(1))
+    return actor == f"pilot:{job.pilot_id}"
 
 
 def parse_report(report: JobReport | Mapping[str, Any]) -> JobReport:
@@ -86,8 +99,10 @@ def pilot_update(session: Session, ddm: DDM, report: JobReport | Mapping[str, An
     state = JobState(report.state)
     if state not in PILOT_REPORTABLE:  # the record's choices come from this table
         raise BadReport(f"a pilot may not report {state.value}")
-    job = _fenced(session, job_id, attempt, token,
-                  lock_task=state in (JobState.FAILED, JobState.FINISHED))
+    final = state in (JobState.FAILED, JobState.FINISHED)
+    job = _fenced(session, job_id, attempt, token, lock_task=final, final_ok=final)
+    if job.state in JOB_FINAL:  # a re-sent final report, already applied: nothing changes
+        return {"command": None}
     metrics = {**(job.metrics or {}), **report.metrics}
     session.execute(update(Job).where(Job.id == job.id)
                     .values(heartbeat_at=now, metrics=metrics))

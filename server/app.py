@@ -24,8 +24,8 @@ from dawms.ddm_bridge.abc import DDM
 from dawms.scheduler.config import SchedulerConfig
 from dawms.scheduler.runner import Scheduler
 
+from . import commands, envelope, factory, health, keys, limits, pilot, staging, user
 from . import ddm as ddm_routes
-from . import envelope, factory, health, keys, limits, pilot, staging, user
 from .auth import ANY
 from .schemas import Envelope
 from .settings import ServerSettings
@@ -69,7 +69,7 @@ def create_app(db: Database, ddm: DDM, cfg: SchedulerConfig | None = None, *,
     app.state.settings, app.state.verifier = settings, verifier
     envelope.install(app)
     app.include_router(health.router)
-    for router in (pilot.router, user.router, ddm_routes.router, factory.router,
+    for router in (pilot.router, commands.router, user.router, ddm_routes.router, factory.router,
                    staging.router):
         app.include_router(router, responses=envelope.ERROR_RESPONSES)
 

@@ -57,9 +57,12 @@ def acquire_jobs(body: AcquireJobs, request: Request,
     check_queue(who, body.queue)
     queue_id, status = _queue(request, body.queue)
     if status not in QUEUE_SERVED:
-        return ok({"jobs": [], "pending": 0}, f"queue {body.queue} is {status}")
+        return ok({"jobs": [], "pending": 0,
+                   "command_poll_s": request.app.state.cfg.command_poll_s},
+                  f"queue {body.queue} is {status}")
     with request.app.state.db.session() as s:
-        rows = claim_jobs(s, queue_id, body.n_jobs, body.pilot_id)
+        rows = claim_jobs(s, queue_id, body.n_jobs, body.pilot_id,
+                          max_walltime_s=body.max_walltime_s)
         pending = 0
         if not rows:
             pending = s.scalar(select(func.count()).select_from(Job).where(
@@ -68,7 +71,8 @@ def acquire_jobs(body: AcquireJobs, request: Request,
     # parsing the stored spec again on the hot path)
     jobs = [{**spec, "job_id": job_id, "attempt": attempt, "lease_token": token}
             for job_id, attempt, token, spec in rows]
-    return ok({"jobs": jobs, "pending": pending})
+    return ok({"jobs": jobs, "pending": pending,
+               "command_poll_s": request.app.state.cfg.command_poll_s})
 
 
 def _apply(request: Request, update: JobUpdate) -> dict[str, Any]:

@@ -61,6 +61,10 @@ class AcquireJobs(_PilotBody):
     pilot_id: str = Field(min_length=1, max_length=255,
                           description="who asks: host, pid, a unique id")
     n_jobs: int = Field(1, ge=1, le=wire_reports.ACQUIRE_MAX)
+    max_walltime_s: int | float = Field(
+        0.0, ge=0, le=2**31 - 1, allow_inf_nan=False,
+        description="only jobs whose walltime fits in what is left of the pilot's lifetime "
+                    "(0: any job)")
 
 
 class OutputFile(_PilotBody):

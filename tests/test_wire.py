@@ -39,7 +39,7 @@ from dawms.scheduler import broker, refiner
 from dawms.scheduler.config import SchedulerConfig
 from dawms.scheduler.report import BadReport, StaleReport, pilot_update
 from dawms.scheduler.task import submit
-from dawms.server import schemas
+from dawms.server import commands, schemas
 from dawms.wire import fields as wire_fields
 from dawms.wire import job as wire_job
 from dawms.wire import names as wire_names
@@ -49,12 +49,13 @@ NOW = datetime(2030, 1, 2, 3, 4, 5, tzinfo=UTC)
 RECORDS: list[type[wire.Record]] = [
     wire.InputFile, wire.OutputSpec, wire.Movers, wire.JobSpec, wire.AcquireRequest,
     wire.AcquireReply, wire.OutputReport, wire.JobReport, wire.UpdateReply, wire.BulkUpdate,
-    wire.BulkResult,
+    wire.BulkResult, wire.CommandQuery,
 ]
 # the server's pydantic body models and the record each one describes
 MODELS: dict[type[BaseModel], type[wire.Record]] = {
     schemas.AcquireJobs: wire.AcquireRequest, schemas.OutputFile: wire.OutputReport,
     schemas.JobUpdate: wire.JobReport, schemas.JobUpdates: wire.BulkUpdate,
+    commands.CommandQuery: wire.CommandQuery,
 }
 RECORD_IDS = [r.__name__ for r in RECORDS]
 

@@ -18,6 +18,7 @@ from .protocol import (
     API,
     ERROR_CATEGORIES,
     FINAL_REPORT_STATES,
+    GET_COMMAND,
     HTTP_STALE,
     PING,
     REPORTABLE_STATES,
@@ -31,14 +32,16 @@ from .reports import (
     AcquireRequest,
     BulkResult,
     BulkUpdate,
+    CommandQuery,
     JobReport,
     OutputReport,
     UpdateReply,
 )
 
 __all__ = [
-    "ACQUIRE_JOBS", "API", "ERROR_CATEGORIES", "FINAL_REPORT_STATES", "HTTP_STALE", "PING",
-    "REPORTABLE_STATES", "UPDATE_JOB", "UPDATE_JOBS_BULK", "AcquireReply", "AcquireRequest",
-    "BulkResult", "BulkUpdate", "Command", "ErrorCategory", "InputFile", "JobReport", "JobSpec",
-    "Movers", "OutputReport", "OutputSpec", "Record", "UpdateReply", "WireError",
+    "ACQUIRE_JOBS", "API", "ERROR_CATEGORIES", "FINAL_REPORT_STATES", "GET_COMMAND", "HTTP_STALE",
+    "PING", "REPORTABLE_STATES", "UPDATE_JOB", "UPDATE_JOBS_BULK", "AcquireReply",
+    "AcquireRequest", "BulkResult", "BulkUpdate", "Command", "CommandQuery", "ErrorCategory",
+    "InputFile", "JobReport", "JobSpec", "Movers", "OutputReport", "OutputSpec", "Record",
+    "UpdateReply", "WireError",
 ]

@@ -103,6 +103,8 @@ class JobSpec(Record):
     outputs: list[OutputSpec] = bounded(default_factory=list, max_length=FILES_MAX)
     log: OutputSpec | None = bounded(None)
     movers: Movers = bounded(default_factory=Movers)
+    direct_access: bool = bounded(False, doc="the queue reads inputs in place: the payload "
+                                             "gets each input's URL, not a local copy")
     endpoints: dict[str, str] = bounded(
         default_factory=dict, max_length=ENDPOINTS_MAX, key_max_length=ENDPOINT_NAME_MAX,
         item={"max_length": URL_MAX, "pattern": URL_PREFIX},

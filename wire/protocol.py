@@ -16,6 +16,7 @@ API = "/api/v1"
 ACQUIRE_JOBS = f"{API}/pilot/acquire_jobs"
 UPDATE_JOB = f"{API}/pilot/update_job"
 UPDATE_JOBS_BULK = f"{API}/pilot/update_jobs_bulk"
+GET_COMMAND = f"{API}/pilot/get_command"  # the cheap poll for a running job's command
 PING = f"{API}/ping"
 
 HTTP_STALE = 409  # the attempt or lease the pilot holds is not current
@@ -41,7 +42,9 @@ class ErrorCategory(StrEnum):
     PAYLOAD = "payload"  # the payload exited non-zero or left outputs missing
     STAGEOUT = "stageout"  # an output or the log could not be stored
     LOST_HEARTBEAT = "lost_heartbeat"
-    TIMEOUT = "timeout"  # the payload ran past its walltime
+    TIMEOUT = "timeout"  # the server gave up waiting (no pilot took it, no word from one)
+    WALLTIME = "walltime"  # the payload ran past its walltime; the pilot killed it
+    MEMORY = "memory"  # the payload's process tree went over the job's memory; killed
     KILLED = "killed"  # on the server's command, or the pilot was told to stop
 
 

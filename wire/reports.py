@@ -35,6 +35,9 @@ class AcquireRequest(Record):
     pilot_id: str = bounded(min_length=1, max_length=255,
                             doc="who asks: host, pid, a unique id")
     n_jobs: int = bounded(1, ge=1, le=ACQUIRE_MAX)
+    max_walltime_s: float = bounded(0.0, ge=0, le=INT32_MAX,
+                                    doc="only jobs whose walltime fits in what is left of "
+                                        "the pilot's lifetime (0: any job)")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -45,6 +48,20 @@ class AcquireReply(Record):
 
     jobs: list[JobSpec] = bounded(default_factory=list, max_length=ACQUIRE_MAX)
     pending: int = bounded(0, ge=0, le=INT64_MAX)
+    command_poll_s: float = bounded(0.0, ge=0, le=86_400,
+                                    doc="how often to ask get_command while a job runs "
+                                        "(0: only the heartbeat carries commands)")
+
+
+@dataclass(frozen=True, kw_only=True)
+class CommandQuery(Record):
+    """get_command: is there a command for this attempt? (The reply is an ``UpdateReply``.)"""
+
+    WHAT = "command query"
+
+    job_id: int = bounded(ge=1, le=INT64_MAX)
+    attempt: int = bounded(ge=1, le=INT32_MAX)
+    lease_token: str = bounded(min_length=1, max_length=LEASE_MAX)
 
 
 @dataclass(frozen=True, kw_only=True)

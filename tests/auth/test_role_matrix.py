@@ -33,6 +33,7 @@ POLICY: dict[tuple[str, str], set[str] | None] = {  # None: public, no token nee
     ("POST", "/api/v1/pilot/acquire_jobs"): {"admin", "pilot"},
     ("POST", "/api/v1/pilot/update_job"): {"admin", "pilot"},
     ("POST", "/api/v1/pilot/update_jobs_bulk"): {"admin", "pilot"},
+    ("POST", "/api/v1/pilot/get_command"): {"admin", "pilot"},
     ("POST", "/api/v1/task/submit"): MANAGERS,
     ("GET", "/api/v1/task/list"): ALL,
     ("GET", "/api/v1/task/{task_id}"): ALL,
@@ -117,6 +118,8 @@ def _samples(world: World) -> dict[tuple[str, str], dict[str, Any]]:
             "json": {"queue": "SITE_A_PROD", "pilot_id": "matrix", "n_jobs": 1}},
         ("POST", "/api/v1/pilot/update_job"): {"json": fence},
         ("POST", "/api/v1/pilot/update_jobs_bulk"): {"json": {"updates": [fence]}},
+        ("POST", "/api/v1/pilot/get_command"): {
+            "json": {k: fence[k] for k in ("job_id", "attempt", "lease_token")}},
         ("POST", "/api/v1/task/submit"): {"json": {k: v for k, v in _spec().items()}},
         ("GET", "/api/v1/task/list"): {},
         ("GET", "/api/v1/task/{task_id}"): {"path": {"task_id": world.alice_task}},

@@ -52,6 +52,9 @@ class StubServer:
         self.pending: Callable[[], int] = lambda: 0
         self.stale_when: Callable[[dict[str, Any]], bool] = lambda body: False
         self.command_when: Callable[[dict[str, Any]], str | None] = lambda body: None
+        # get_command's answer (None: no command); a 409 when stale_when says so
+        self.poll_command: Callable[[dict[str, Any]], str | None] = lambda body: None
+        self.command_poll_s = 0.0  # what acquire_jobs tells pilots
         self.calls: list[tuple[float, str, dict[str, Any], int]] = []
         self.lock = threading.Lock()
         self.url = ""
@@ -63,6 +66,10 @@ class StubServer:
     def states(self) -> list[str]:
         return [u["state"] for u in self.updates()]
 
+    def polls(self) -> list[dict[str, Any]]:
+        with self.lock:
+            return [body for _, path, body, _ in self.calls if path == wire.GET_COMMAND]
+
     def acquire_count(self) -> int:
         with self.lock:
             return sum(1 for _, path, _, _ in self.calls if path == wire.ACQUIRE_JOBS)
@@ -71,7 +78,16 @@ class StubServer:
         if path == wire.ACQUIRE_JOBS:
             with self.lock:
                 jobs = [self.jobs.pop(0)] if self.jobs else []
-            return 200, {"jobs": jobs, "pending": self.pending()}
+            return 200, {"jobs": jobs, "pending": self.pending(),
+                         "command_poll_s": self.command_poll_s}
+        if path == wire.GET_COMMAND:
+            try:
+                wire.CommandQuery.from_dict(body)
+            except wire.WireError:
+                return 400, {}
+            if self.stale_when(body):
+                return wire.HTTP_STALE, {}
+            return 200, {"command": self.poll_command(body)}
         if path == wire.UPDATE_JOB:
             try:
                 wire.JobReport.from_dict(body)

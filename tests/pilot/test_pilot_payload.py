@@ -140,7 +140,8 @@ def test_metrics_measure_cpu_and_memory(tmp_path: Path) -> None:
     assert result.cpu_s >= 0.5
     assert result.wall_s >= result.cpu_s * 0.9
     assert result.max_rss_kb > 80 * 1024
-    assert set(result.metrics()) == {"cpu_s", "wall_s", "max_rss_kb"}
+    assert set(result.metrics()) == {"cpu_s", "wall_s", "max_rss_kb", "max_pss_kb",
+                                     "max_procs", "monitor_samples"}
 
 
 def test_metrics_while_running(tmp_path: Path) -> None:
