@@ -26,6 +26,7 @@ from dawms import wire
 from dawms.pilot.factory import PILOT_ENDED, PilotFactory, PilotHandle, PilotStatus, SubmitError
 from dawms.pilot.factory.base import MAX_PER_SUBMIT
 from dawms.pilot.factory.local import LocalFactory
+from dawms.pilot.factory.slurm import SlurmFactory, job_name
 
 SpecMaker = Callable[..., dict[str, Any]]
 
@@ -256,6 +257,87 @@ class TestLocalFactory(PilotFactoryConformance):
         os.killpg(int(handle.id), signal.SIGKILL)  # no chance to clean up
         assert factory.wait(handle, self.timeout_s) is PilotStatus.FAILED
         assert wait_for(lambda: not pid_alive(payload_pid)), "the payload outlived its pilot"
+
+
+def _slurm_conf() -> str:
+    conf = os.environ.get("SLURM_CONF", "")
+    if not conf or not Path(conf).is_file():
+        pytest.fail("SLURM_CONF names no slurm.conf: run `make services` "
+                    "(scripts/services_slurm.sh) and source .services/env")
+    return conf
+
+
+def _argv_of_processes() -> list[str]:
+    """Every process's command line on this machine (what any user of it can read)."""
+    out = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                out.append((entry / "cmdline").read_bytes().replace(b"\0", b" ").decode())
+            except OSError:
+                continue
+    return out
+
+
+@pytest.mark.slurm
+class TestSlurmFactory(PilotFactoryConformance):
+    """The suite against the real one-node cluster of scripts/services_slurm.sh."""
+
+    timeout_s = 90.0
+
+    @pytest.fixture
+    def factory(self) -> SlurmFactory:
+        return SlurmFactory(_slurm_conf())
+
+    def test_the_token_is_on_no_command_line_and_in_a_0600_file(
+        self, factory: SlurmFactory, submit: Callable[..., list[PilotHandle]],
+        stub_server: StubServer, make_spec: SpecMaker, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch,
+    ) -> None:
+        secret = "tok-" + os.urandom(16).hex()
+        monkeypatch.setenv("DAWMS_TOKEN", "factory-own-" + secret)  # must not reach pilots
+        stub_server.jobs = [make_spec()]
+        [handle] = submit(env={"TEST_SLEEP": "60"}, kill_grace=1, token=secret)
+        assert wait_for(lambda: "running" in stub_server.states(), self.timeout_s), \
+            self.log_of(handle)
+        assert not [a for a in _argv_of_processes() if secret in a]
+        shown = subprocess.run(["scontrol", "show", "job", "-dd", handle.id],
+                               capture_output=True, text=True, check=True).stdout
+        assert secret not in shown and "Command=" in shown
+        [token_file] = (tmp_path / "pilots" / "tokens").iterdir()
+        assert token_file.read_text() == secret
+        assert token_file.stat().st_mode & 0o777 == 0o600
+        assert (tmp_path / "pilots" / "tokens").stat().st_mode & 0o077 == 0
+
+    def test_a_queue_name_becomes_a_safe_job_name(
+        self, factory: SlurmFactory, submit: Callable[..., list[PilotHandle]],
+    ) -> None:
+        assert job_name("Q/../x;$(id)") == "dawms-pilot-Q_.._x___id_"
+        assert len(job_name("Q" * 128)) == 64
+
+    @pytest.mark.parametrize("settings", [
+        {"partition": "debug --wrap=id"}, {"partition": ""}, {"account": "a b"},
+        {"time_limit_min": 0}, {"time_limit_min": "10"}, {"mem_mb": True},
+        {"cpus_per_task": 10**9}, {"wrap": "id"},
+    ])
+    def test_bad_slurm_settings_are_refused_and_submit_nothing(
+        self, factory: SlurmFactory, stub_server: StubServer, tmp_path: Path,
+        settings: dict[str, Any],
+    ) -> None:
+        with pytest.raises(SubmitError):
+            factory.submit(stub_server.url, "Q", 1, tmp_path / "pilots", slurm=settings)
+        assert not (tmp_path / "pilots").exists()
+
+    def test_slurm_settings_reach_sbatch(
+        self, factory: SlurmFactory, submit: Callable[..., list[PilotHandle]],
+    ) -> None:
+        [handle] = submit(slurm={"partition": "debug", "time_limit_min": 7,
+                                 "cpus_per_task": 2})
+        shown = subprocess.run(["scontrol", "show", "job", "-o", handle.id],
+                               capture_output=True, text=True, check=True).stdout
+        assert "Partition=debug" in shown and "TimeLimit=00:07:00" in shown
+        assert "NumCPUs=2" in shown and "JobName=dawms-pilot-Q" in shown
+        assert factory.wait(handle, self.timeout_s) is PilotStatus.DONE
 
 
 def test_every_status_a_poll_can_end_on_is_final() -> None:
