@@ -62,6 +62,9 @@ class PilotFactory(ABC):
     ``UNKNOWN`` and cancelling it changes nothing."""
 
     name: ClassVar[str]
+    # the keys of a queue's ``backend_settings`` this backend takes (besides the
+    # pilot options), passed to ``submit`` as keyword arguments
+    settings_keys: ClassVar[frozenset[str]] = frozenset()
     max_per_submit: int = MAX_PER_SUBMIT  # an operator (or a test) may lower it
 
     @abstractmethod

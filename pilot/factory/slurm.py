@@ -104,6 +104,7 @@ class SlurmFactory(PilotFactory):
     ``$SLURM_CONF``)."""
 
     name = "slurm"
+    settings_keys = frozenset({"slurm"})
 
     def __init__(self, slurm_conf: str | Path | None = None, command_timeout_s: float = 60,
                  ) -> None:
