@@ -1,4 +1,4 @@
-"""Pilot factories by name: ``local`` and ``slurm`` built in; HTCondor, Kubernetes to come.
+"""Pilot factories by name: ``local``, ``slurm`` and ``htcondor`` (``dawms[factory]``) built in.
 
 ``get_factory("local")`` returns a ``PilotFactory``. Backends are imported on
 first use; third parties register through the ``dawms.pilot_factories``
@@ -28,7 +28,8 @@ ENTRY_POINT_GROUP = "dawms.pilot_factories"
 registry: PluginRegistry[PilotFactory] = PluginRegistry(
     "pilot factory", ENTRY_POINT_GROUP, PilotFactory,
     {"local": Entry("dawms.pilot.factory.local:LocalFactory"),
-     "slurm": Entry("dawms.pilot.factory.slurm:SlurmFactory")})
+     "slurm": Entry("dawms.pilot.factory.slurm:SlurmFactory"),
+     "htcondor": Entry("dawms.pilot.factory.htcondor:HTCondorFactory", "factory")})
 
 
 def get_factory(name: str, **settings: Any) -> PilotFactory:

@@ -20,11 +20,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from fake_schedd import FakeSchedd, parse_quoted
 from pilot_helpers import StubServer, pid_alive, wait_for
 
 from dawms import wire
 from dawms.pilot.factory import PILOT_ENDED, PilotFactory, PilotHandle, PilotStatus, SubmitError
 from dawms.pilot.factory.base import MAX_PER_SUBMIT
+from dawms.pilot.factory.htcondor import HTCondorFactory, quote_args, quote_env
 from dawms.pilot.factory.local import LocalFactory
 from dawms.pilot.factory.slurm import SlurmFactory, job_name
 
@@ -338,6 +340,73 @@ class TestSlurmFactory(PilotFactoryConformance):
         assert "Partition=debug" in shown and "TimeLimit=00:07:00" in shown
         assert "NumCPUs=2" in shown and "JobName=dawms-pilot-Q" in shown
         assert factory.wait(handle, self.timeout_s) is PilotStatus.DONE
+
+
+class TestHTCondorFactory(PilotFactoryConformance):
+    """The suite through the htcondor2 bindings against a fake Schedd (fake_schedd.py)
+    that runs each submitted description as a local process."""
+
+    @pytest.fixture
+    def schedd(self) -> Iterator[FakeSchedd]:
+        fake = FakeSchedd()
+        yield fake
+        fake.kill_all()
+
+    @pytest.fixture
+    def factory(self, schedd: FakeSchedd) -> HTCondorFactory:
+        return HTCondorFactory(schedd)
+
+    def test_the_token_is_in_no_job_ad_nor_argv_and_the_factory_token_stays_home(
+        self, factory: HTCondorFactory, schedd: FakeSchedd,
+        submit: Callable[..., list[PilotHandle]], stub_server: StubServer,
+        make_spec: SpecMaker, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    ) -> None:
+        secret = "tok-" + os.urandom(16).hex()
+        monkeypatch.setenv("DAWMS_TOKEN", "factory-own-" + secret)
+        stub_server.jobs = [make_spec()]
+        [handle] = submit(env={"TEST_SLEEP": "60"}, kill_grace=1, token=secret)
+        assert wait_for(lambda: "running" in stub_server.states(), self.timeout_s), \
+            self.log_of(handle)
+        [description] = schedd.descriptions
+        assert secret not in repr(description) and "--token-file" in description["arguments"]
+        assert not [a for a in _argv_of_processes() if secret in a]
+        [token_file] = (tmp_path / "pilots" / "tokens").iterdir()
+        assert token_file.read_text() == secret and token_file.stat().st_mode & 0o777 == 0o600
+
+    @pytest.mark.parametrize("settings", [
+        {"request_cpus": 0}, {"request_cpus": "2"}, {"request_memory_mb": True},
+        {"requirements": "True"}, {"getenv": "true"},
+    ])
+    def test_bad_htcondor_settings_are_refused_and_submit_nothing(
+        self, factory: HTCondorFactory, schedd: FakeSchedd, stub_server: StubServer,
+        tmp_path: Path, settings: dict[str, Any],
+    ) -> None:
+        with pytest.raises(SubmitError):
+            factory.submit(stub_server.url, "Q", 1, tmp_path / "pilots", htcondor=settings)
+        assert not schedd.descriptions and not (tmp_path / "pilots").exists()
+
+    def test_settings_become_submit_lines(
+        self, factory: HTCondorFactory, schedd: FakeSchedd,
+        submit: Callable[..., list[PilotHandle]],
+    ) -> None:
+        [handle] = submit(htcondor={"request_cpus": 2, "request_memory_mb": 1000,
+                                    "max_walltime_s": 3600})
+        [d] = schedd.descriptions
+        assert (d["request_cpus"], d["request_memory"]) == ("2", "1000")
+        assert "3600" in d["periodic_remove"] and d["MY.DawmsPilotId"] == f'"{handle.pilot_id}"'
+        assert factory.wait(handle, self.timeout_s) is PilotStatus.DONE
+
+
+@pytest.mark.parametrize("argv", [
+    ["a b", "it's", 'say "hi"', "", "$(HOME)", "'", '"', "--x=1 --y"],
+])
+def test_htcondor_quoting_gives_back_every_argument(argv: list[str]) -> None:
+    assert parse_quoted(quote_args(argv)) == argv
+    env = {"A": "x y", "B": "it's \"q\"", "C": "", "bad-name": "1", "D": "two\nlines"}
+    got = dict(w.split("=", 1) for w in parse_quoted(quote_env(env)))
+    assert got == {"A": "x y", "B": "it's \"q\"", "C": ""}
+    with pytest.raises(SubmitError):
+        quote_args(["a\nb"])
 
 
 def test_every_status_a_poll_can_end_on_is_final() -> None:
