@@ -11,6 +11,7 @@ condition with a deadline.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -20,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from fake_kube import FakeKube, running_fake_kube
 from fake_schedd import FakeSchedd, parse_quoted
 from pilot_helpers import StubServer, pid_alive, wait_for
 
@@ -27,6 +29,7 @@ from dawms import wire
 from dawms.pilot.factory import PILOT_ENDED, PilotFactory, PilotHandle, PilotStatus, SubmitError
 from dawms.pilot.factory.base import MAX_PER_SUBMIT
 from dawms.pilot.factory.htcondor import HTCondorFactory, quote_args, quote_env
+from dawms.pilot.factory.kubernetes import KubernetesFactory
 from dawms.pilot.factory.local import LocalFactory
 from dawms.pilot.factory.slurm import SlurmFactory, job_name
 
@@ -395,6 +398,63 @@ class TestHTCondorFactory(PilotFactoryConformance):
         assert (d["request_cpus"], d["request_memory"]) == ("2", "1000")
         assert "3600" in d["periodic_remove"] and d["MY.DawmsPilotId"] == f'"{handle.pilot_id}"'
         assert factory.wait(handle, self.timeout_s) is PilotStatus.DONE
+
+
+class TestKubernetesFactory(PilotFactoryConformance):
+    """The suite through the kubernetes client against a fake API server (fake_kube.py)
+    that runs each pod's container as a local process."""
+
+    @pytest.fixture
+    def kube(self) -> Iterator[tuple[FakeKube, str]]:
+        with running_fake_kube() as running:
+            yield running
+
+    @pytest.fixture
+    def factory(self, kube: tuple[FakeKube, str]) -> KubernetesFactory:
+        from kubernetes import client
+
+        return KubernetesFactory(client.ApiClient(client.Configuration(host=kube[1])),
+                                 namespace="pilots")
+
+    @pytest.fixture
+    def submit_opts(self, tmp_path: Path) -> dict[str, Any]:
+        (tmp_path / "pods").mkdir()
+        return {"kubernetes": {"python": sys.executable, "image": "dawms-pilot:test",
+                               "workdir": str(tmp_path / "pods")}}
+
+    def test_the_token_is_a_secret_not_in_the_pod_spec_nor_argv(
+        self, factory: KubernetesFactory, kube: tuple[FakeKube, str],
+        submit: Callable[..., list[PilotHandle]], stub_server: StubServer,
+        make_spec: SpecMaker, monkeypatch: pytest.MonkeyPatch,
+    ) -> None:
+        secret = "tok-" + os.urandom(16).hex()
+        monkeypatch.setenv("DAWMS_TOKEN", "factory-own-" + secret)
+        stub_server.jobs = [make_spec()]
+        [handle] = submit(env={"TEST_SLEEP": "60"}, kill_grace=1, token=secret)
+        assert wait_for(lambda: "running" in stub_server.states(), self.timeout_s), \
+            self.log_of(handle)
+        [pod] = kube[0].created
+        assert secret not in json.dumps(pod) and "DAWMS_TOKEN" in json.dumps(pod)
+        assert pod["metadata"]["labels"] == {"app": "dawms-pilot", "dawms-queue": "Q"}
+        assert [s["token"] for s in kube[0].secrets.values()] == [secret]
+        assert not [a for a in _argv_of_processes() if secret in a]
+        factory.cancel(handle)
+        assert factory.wait(handle, self.timeout_s) is PilotStatus.CANCELLED
+        factory.cleanup(handle)
+        assert not kube[0].secrets  # the batch's secret goes with its last pilot
+
+    @pytest.mark.parametrize(("settings", "env"), [
+        ({"image": "x; rm -rf /"}, {}), ({"python": "python3"}, {}), ({"cpu": "1 2"}, {}),
+        ({"privileged": True}, {}), ({}, {"DAWMS_TOKEN": "x"}), ({}, {"A-B": "1"}),
+    ])
+    def test_bad_kubernetes_settings_are_refused_and_create_nothing(
+        self, factory: KubernetesFactory, kube: tuple[FakeKube, str], stub_server: StubServer,
+        tmp_path: Path, settings: dict[str, Any], env: dict[str, str],
+    ) -> None:
+        with pytest.raises(SubmitError):
+            factory.submit(stub_server.url, "Q", 1, tmp_path / "pilots", kubernetes=settings,
+                           env=env, token="t")
+        assert not kube[0].created and not kube[0].secrets
 
 
 @pytest.mark.parametrize("argv", [
