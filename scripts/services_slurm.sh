@@ -44,12 +44,17 @@ if ! alive /run/munge/munged.pid; then
   mkdir -p /run/munge && chown munge:munge /run/munge
   runuser -u munge -- /usr/sbin/munged
 fi
-if ! timeout 10 scontrol ping 2>/dev/null | grep -q "is UP"; then
-  alive "$DIR/slurmctld.pid" || slurmctld
+node_up() { timeout 10 sinfo -h -o %T 2>/dev/null | grep -qE "^(idle|mixed|allocated)"; }
+# A cluster already answering on 127.0.0.1 (this checkout's, or another's) is used as it is:
+# a second slurmctld/slurmd could not bind 6817/6818.
+if ! node_up; then
+  if ! timeout 10 scontrol ping 2>/dev/null | grep -q "is UP"; then
+    alive "$DIR/slurmctld.pid" || slurmctld
+  fi
+  alive "$DIR/slurmd.pid" || slurmd
 fi
-alive "$DIR/slurmd.pid" || slurmd
 deadline=$((SECONDS + 60))
-until timeout 10 sinfo -h -o %T 2>/dev/null | grep -qE "^(idle|mixed|allocated)"; do
+until node_up; do
   if [ $SECONDS -ge $deadline ]; then
     echo "services: Slurm did not come up; see $DIR/log" >&2
     exit 1

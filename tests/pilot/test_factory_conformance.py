@@ -33,6 +33,7 @@ from dawms.pilot.factory.kubernetes import KubernetesFactory
 from dawms.pilot.factory.local import LocalFactory
 from dawms.pilot.factory.slurm import SlurmFactory, job_name
 
+pytestmark = pytest.mark.pilot
 SpecMaker = Callable[..., dict[str, Any]]
 
 
