@@ -14,6 +14,7 @@ PY=.venv/bin/python
 # Debian packages the tests need; extend this list (one apt-get install for all).
 APT_PACKAGES=(
   xrootd-server xrootd-client   # movers: the XRootD server (run as user xrootd) and xrdcp
+  slurmctld slurmd slurm-client munge  # the pilot factory's Slurm backend (services_slurm.sh)
 )
 SYSTEM_URL="postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 PRIVATE_URL="postgresql+psycopg://postgres@127.0.0.1:5433/postgres"
@@ -76,3 +77,6 @@ echo "services: PostgreSQL at $url"
 
 # ---- Rucio (DDM bridge tests): the server, its database, RabbitMQ's STOMP plugin
 scripts/services_rucio.sh
+
+# ---- Slurm (pilot factory tests, marker slurm): a one-node cluster
+scripts/services_slurm.sh

@@ -1,5 +1,8 @@
 """The pilot factory's endpoints: how many pilots its queues need, and tokens for them.
 
+``demand`` gives, per queue, the jobs waiting for a pilot and the queue's pilot
+settings from the site file (``pilot_backend``, ``backend_settings``, its status
+and limits), so ``dawms-factory`` needs nothing but HTTP: no catalog, no site file.
 A factory token names its queues; it reads the demand of those queues only and
 obtains short-lived pilot tokens bound to a subset of them (at most
 ``DAWMS_PILOT_TOKEN_MAX_S``), one per batch of pilots it submits, so a pilot
@@ -36,15 +39,23 @@ class PilotTokenIn(BaseModel):
 @router.get("/demand", response_model=Envelope)
 def demand(request: Request, queue: Annotated[list[QueueName], Query(max_length=100)],
            who: tokens.Principal = Depends(FACTORY)) -> dict[str, Any]:
-    """Per queue: jobs ready for a pilot (activated), queued in total, held by pilots."""
+    """Per queue: jobs ready for a pilot (activated), queued in total, held by pilots,
+    and the queue's pilot settings (``known`` false: no such queue in the catalog)."""
     for q in queue:
         check_queue(who, q)
-    out: dict[str, dict[str, int]] = {q: {"activated": 0, "queued": 0, "with_pilot": 0}
-                                      for q in queue}
+    out: dict[str, dict[str, Any]] = {
+        q: {"activated": 0, "queued": 0, "with_pilot": 0, "known": False, "status": None,
+            "pilot_backend": None, "backend_settings": {}, "max_running": 0, "max_queued": 0}
+        for q in queue}
     with request.app.state.db.session() as s:
         rows = s.execute(select(Queue.name, Job.state, func.count())
                          .join(Job, Job.queue_id == Queue.id)
                          .where(Queue.name.in_(queue)).group_by(Queue.name, Job.state)).all()
+        for q_row in s.scalars(select(Queue).where(Queue.name.in_(queue))):
+            out[q_row.name].update(
+                known=True, status=str(q_row.status), pilot_backend=q_row.pilot_backend,
+                backend_settings=dict(q_row.backend_settings or {}),
+                max_running=q_row.max_running, max_queued=q_row.max_queued)
     for name, state, n in rows:
         counts = out[name]
         if state == JobState.ACTIVATED:

@@ -1,4 +1,5 @@
-"""Pilot factories by name: ``local`` built in; Slurm, HTCondor, Kubernetes to come.
+"""Pilot factories by name: ``local``, ``slurm``, ``htcondor`` and ``kubernetes`` (the last two
+need ``dawms[factory]``) built in.
 
 ``get_factory("local")`` returns a ``PilotFactory``. Backends are imported on
 first use; third parties register through the ``dawms.pilot_factories``
@@ -27,7 +28,10 @@ ENTRY_POINT_GROUP = "dawms.pilot_factories"
 
 registry: PluginRegistry[PilotFactory] = PluginRegistry(
     "pilot factory", ENTRY_POINT_GROUP, PilotFactory,
-    {"local": Entry("dawms.pilot.factory.local:LocalFactory")})
+    {"local": Entry("dawms.pilot.factory.local:LocalFactory"),
+     "slurm": Entry("dawms.pilot.factory.slurm:SlurmFactory"),
+     "htcondor": Entry("dawms.pilot.factory.htcondor:HTCondorFactory", "factory"),
+     "kubernetes": Entry("dawms.pilot.factory.kubernetes:KubernetesFactory", "factory")})
 
 
 def get_factory(name: str, **settings: Any) -> PilotFactory:

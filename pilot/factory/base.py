@@ -13,9 +13,12 @@ every backend passes is ``tests/pilot/test_factory_conformance.py``.
 from __future__ import annotations
 
 import enum
+import os
 import sys
 import time
+import uuid
 from abc import ABC, abstractmethod
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -34,6 +37,7 @@ PILOT_ENDED = frozenset({PilotStatus.DONE, PilotStatus.FAILED, PilotStatus.CANCE
                          PilotStatus.UNKNOWN})
 MAX_PER_SUBMIT = 1000  # pilots one submit may start
 QUEUE_NAME_MAX = 128  # the catalog's queue name column
+TOKEN_ENVS = ("DAWMS_TOKEN", "DAWMS_PILOT_TOKEN")  # what dawms.pilot.main reads a token from
 
 
 class SubmitError(ValueError):
@@ -58,6 +62,9 @@ class PilotFactory(ABC):
     ``UNKNOWN`` and cancelling it changes nothing."""
 
     name: ClassVar[str]
+    # the keys of a queue's ``backend_settings`` this backend takes (besides the
+    # pilot options), passed to ``submit`` as keyword arguments
+    settings_keys: ClassVar[frozenset[str]] = frozenset()
     max_per_submit: int = MAX_PER_SUBMIT  # an operator (or a test) may lower it
 
     @abstractmethod
@@ -121,15 +128,45 @@ def pilot_argv(
     lifetime: float | None = None,
     kill_grace: float | None = None,
     give_up_after: float | None = None,
+    token_file: Path | None = None,
     python: str = sys.executable,
 ) -> list[str]:
-    """The command line of one pilot."""
+    """The command line of one pilot. The token travels as a file's path (mode 0600),
+    never as a value: every user of the machine or batch system sees a command line."""
     argv = [python, "-m", "dawms.pilot", "--server", server_url, "--queue", queue,
             "--workdir", str(workdir)]
     optional = {"--pilot-id": pilot_id, "--max-jobs": max_jobs, "--idle-timeout": idle_timeout,
                 "--poll-interval": poll_interval, "--lifetime": lifetime,
-                "--kill-grace": kill_grace, "--give-up-after": give_up_after}
+                "--kill-grace": kill_grace, "--give-up-after": give_up_after,
+                "--token-file": token_file}
     for flag, value in optional.items():
         if value is not None:
             argv += [flag, str(value)]
     return argv
+
+
+TOKEN_FILE_MAX = 8192  # the pilot reads at most this much of its token file
+
+
+def write_token_file(directory: Path, token: str) -> Path:
+    """Write ``token`` to a new file of mode 0600 under ``directory`` (created 0700);
+    the pilot gets its path (``--token-file``), never the value on a command line."""
+    if not isinstance(token, str) or not token or len(token) > TOKEN_FILE_MAX \
+            or not token.isascii() or not token.isprintable():
+        raise SubmitError("a pilot token must be printable ASCII of at most "
+                          f"{TOKEN_FILE_MAX} characters")
+    directory = Path(directory)
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    path = directory / f"token-{uuid.uuid4().hex}"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(token)
+    return path
+
+
+def pilot_environ(extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The environment a pilot starts with: this process's, less any bearer token it
+    holds (a factory's token must not reach its pilots), plus ``extra``."""
+    env = {k: v for k, v in os.environ.items() if k not in TOKEN_ENVS}
+    env.update(extra or {})
+    return env

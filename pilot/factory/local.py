@@ -25,6 +25,7 @@ from dawms.pilot.factory.base import (
     PilotStatus,
     check_submit,
     pilot_argv,
+    pilot_environ,
 )
 from dawms.pilot.main import TOKEN_ENV
 
@@ -48,7 +49,7 @@ class LocalFactory(PilotFactory):
         check_submit(server_url, queue, n, self.max_per_submit)
         workdir = Path(workdir)
         workdir.mkdir(parents=True, exist_ok=True)
-        child_env = {**os.environ, **(env or {})}
+        child_env = pilot_environ(env)  # never this process's own token
         if token:
             child_env[TOKEN_ENV] = token
         handles = []

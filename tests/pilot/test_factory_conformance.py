@@ -11,6 +11,7 @@ condition with a deadline.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -20,13 +21,19 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from fake_kube import FakeKube, running_fake_kube
+from fake_schedd import FakeSchedd, parse_quoted
 from pilot_helpers import StubServer, pid_alive, wait_for
 
 from dawms import wire
 from dawms.pilot.factory import PILOT_ENDED, PilotFactory, PilotHandle, PilotStatus, SubmitError
 from dawms.pilot.factory.base import MAX_PER_SUBMIT
+from dawms.pilot.factory.htcondor import HTCondorFactory, quote_args, quote_env
+from dawms.pilot.factory.kubernetes import KubernetesFactory
 from dawms.pilot.factory.local import LocalFactory
+from dawms.pilot.factory.slurm import SlurmFactory, job_name
 
+pytestmark = pytest.mark.pilot
 SpecMaker = Callable[..., dict[str, Any]]
 
 
@@ -256,6 +263,211 @@ class TestLocalFactory(PilotFactoryConformance):
         os.killpg(int(handle.id), signal.SIGKILL)  # no chance to clean up
         assert factory.wait(handle, self.timeout_s) is PilotStatus.FAILED
         assert wait_for(lambda: not pid_alive(payload_pid)), "the payload outlived its pilot"
+
+
+def _slurm_conf() -> str:
+    conf = os.environ.get("SLURM_CONF", "")
+    if not conf or not Path(conf).is_file():
+        pytest.fail("SLURM_CONF names no slurm.conf: run `make services` "
+                    "(scripts/services_slurm.sh) and source .services/env")
+    return conf
+
+
+def _argv_of_processes() -> list[str]:
+    """Every process's command line on this machine (what any user of it can read)."""
+    out = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                out.append((entry / "cmdline").read_bytes().replace(b"\0", b" ").decode())
+            except OSError:
+                continue
+    return out
+
+
+@pytest.mark.slurm
+class TestSlurmFactory(PilotFactoryConformance):
+    """The suite against the real one-node cluster of scripts/services_slurm.sh."""
+
+    timeout_s = 90.0
+
+    @pytest.fixture
+    def factory(self) -> SlurmFactory:
+        return SlurmFactory(_slurm_conf())
+
+    def test_the_token_is_on_no_command_line_and_in_a_0600_file(
+        self, factory: SlurmFactory, submit: Callable[..., list[PilotHandle]],
+        stub_server: StubServer, make_spec: SpecMaker, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch,
+    ) -> None:
+        secret = "tok-" + os.urandom(16).hex()
+        monkeypatch.setenv("DAWMS_TOKEN", "factory-own-" + secret)  # must not reach pilots
+        stub_server.jobs = [make_spec()]
+        [handle] = submit(env={"TEST_SLEEP": "60"}, kill_grace=1, token=secret)
+        assert wait_for(lambda: "running" in stub_server.states(), self.timeout_s), \
+            self.log_of(handle)
+        assert not [a for a in _argv_of_processes() if secret in a]
+        shown = subprocess.run(["scontrol", "show", "job", "-dd", handle.id],
+                               capture_output=True, text=True, check=True).stdout
+        assert secret not in shown and "Command=" in shown
+        [token_file] = (tmp_path / "pilots" / "tokens").iterdir()
+        assert token_file.read_text() == secret
+        assert token_file.stat().st_mode & 0o777 == 0o600
+        assert (tmp_path / "pilots" / "tokens").stat().st_mode & 0o077 == 0
+
+    def test_a_queue_name_becomes_a_safe_job_name(
+        self, factory: SlurmFactory, submit: Callable[..., list[PilotHandle]],
+    ) -> None:
+        assert job_name("Q/../x;$(id)") == "dawms-pilot-Q_.._x___id_"
+        assert len(job_name("Q" * 128)) == 64
+
+    @pytest.mark.parametrize("settings", [
+        {"partition": "debug --wrap=id"}, {"partition": ""}, {"account": "a b"},
+        {"time_limit_min": 0}, {"time_limit_min": "10"}, {"mem_mb": True},
+        {"cpus_per_task": 10**9}, {"wrap": "id"},
+    ])
+    def test_bad_slurm_settings_are_refused_and_submit_nothing(
+        self, factory: SlurmFactory, stub_server: StubServer, tmp_path: Path,
+        settings: dict[str, Any],
+    ) -> None:
+        with pytest.raises(SubmitError):
+            factory.submit(stub_server.url, "Q", 1, tmp_path / "pilots", slurm=settings)
+        assert not (tmp_path / "pilots").exists()
+
+    def test_slurm_settings_reach_sbatch(
+        self, factory: SlurmFactory, submit: Callable[..., list[PilotHandle]],
+    ) -> None:
+        [handle] = submit(slurm={"partition": "debug", "time_limit_min": 7,
+                                 "cpus_per_task": 2})
+        shown = subprocess.run(["scontrol", "show", "job", "-o", handle.id],
+                               capture_output=True, text=True, check=True).stdout
+        assert "Partition=debug" in shown and "TimeLimit=00:07:00" in shown
+        assert "NumCPUs=2" in shown and "JobName=dawms-pilot-Q" in shown
+        assert factory.wait(handle, self.timeout_s) is PilotStatus.DONE
+
+
+class TestHTCondorFactory(PilotFactoryConformance):
+    """The suite through the htcondor2 bindings against a fake Schedd (fake_schedd.py)
+    that runs each submitted description as a local process."""
+
+    @pytest.fixture
+    def schedd(self) -> Iterator[FakeSchedd]:
+        fake = FakeSchedd()
+        yield fake
+        fake.kill_all()
+
+    @pytest.fixture
+    def factory(self, schedd: FakeSchedd) -> HTCondorFactory:
+        return HTCondorFactory(schedd)
+
+    def test_the_token_is_in_no_job_ad_nor_argv_and_the_factory_token_stays_home(
+        self, factory: HTCondorFactory, schedd: FakeSchedd,
+        submit: Callable[..., list[PilotHandle]], stub_server: StubServer,
+        make_spec: SpecMaker, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    ) -> None:
+        secret = "tok-" + os.urandom(16).hex()
+        monkeypatch.setenv("DAWMS_TOKEN", "factory-own-" + secret)
+        stub_server.jobs = [make_spec()]
+        [handle] = submit(env={"TEST_SLEEP": "60"}, kill_grace=1, token=secret)
+        assert wait_for(lambda: "running" in stub_server.states(), self.timeout_s), \
+            self.log_of(handle)
+        [description] = schedd.descriptions
+        assert secret not in repr(description) and "--token-file" in description["arguments"]
+        assert not [a for a in _argv_of_processes() if secret in a]
+        [token_file] = (tmp_path / "pilots" / "tokens").iterdir()
+        assert token_file.read_text() == secret and token_file.stat().st_mode & 0o777 == 0o600
+
+    @pytest.mark.parametrize("settings", [
+        {"request_cpus": 0}, {"request_cpus": "2"}, {"request_memory_mb": True},
+        {"requirements": "True"}, {"getenv": "true"},
+    ])
+    def test_bad_htcondor_settings_are_refused_and_submit_nothing(
+        self, factory: HTCondorFactory, schedd: FakeSchedd, stub_server: StubServer,
+        tmp_path: Path, settings: dict[str, Any],
+    ) -> None:
+        with pytest.raises(SubmitError):
+            factory.submit(stub_server.url, "Q", 1, tmp_path / "pilots", htcondor=settings)
+        assert not schedd.descriptions and not (tmp_path / "pilots").exists()
+
+    def test_settings_become_submit_lines(
+        self, factory: HTCondorFactory, schedd: FakeSchedd,
+        submit: Callable[..., list[PilotHandle]],
+    ) -> None:
+        [handle] = submit(htcondor={"request_cpus": 2, "request_memory_mb": 1000,
+                                    "max_walltime_s": 3600})
+        [d] = schedd.descriptions
+        assert (d["request_cpus"], d["request_memory"]) == ("2", "1000")
+        assert "3600" in d["periodic_remove"] and d["MY.DawmsPilotId"] == f'"{handle.pilot_id}"'
+        assert factory.wait(handle, self.timeout_s) is PilotStatus.DONE
+
+
+class TestKubernetesFactory(PilotFactoryConformance):
+    """The suite through the kubernetes client against a fake API server (fake_kube.py)
+    that runs each pod's container as a local process."""
+
+    @pytest.fixture
+    def kube(self) -> Iterator[tuple[FakeKube, str]]:
+        with running_fake_kube() as running:
+            yield running
+
+    @pytest.fixture
+    def factory(self, kube: tuple[FakeKube, str]) -> KubernetesFactory:
+        from kubernetes import client
+
+        return KubernetesFactory(client.ApiClient(client.Configuration(host=kube[1])),
+                                 namespace="pilots")
+
+    @pytest.fixture
+    def submit_opts(self, tmp_path: Path) -> dict[str, Any]:
+        (tmp_path / "pods").mkdir()
+        return {"kubernetes": {"python": sys.executable, "image": "dawms-pilot:test",
+                               "workdir": str(tmp_path / "pods")}}
+
+    def test_the_token_is_a_secret_not_in_the_pod_spec_nor_argv(
+        self, factory: KubernetesFactory, kube: tuple[FakeKube, str],
+        submit: Callable[..., list[PilotHandle]], stub_server: StubServer,
+        make_spec: SpecMaker, monkeypatch: pytest.MonkeyPatch,
+    ) -> None:
+        secret = "tok-" + os.urandom(16).hex()
+        monkeypatch.setenv("DAWMS_TOKEN", "factory-own-" + secret)
+        stub_server.jobs = [make_spec()]
+        [handle] = submit(env={"TEST_SLEEP": "60"}, kill_grace=1, token=secret)
+        assert wait_for(lambda: "running" in stub_server.states(), self.timeout_s), \
+            self.log_of(handle)
+        [pod] = kube[0].created
+        assert secret not in json.dumps(pod) and "DAWMS_TOKEN" in json.dumps(pod)
+        assert pod["metadata"]["labels"] == {"app": "dawms-pilot", "dawms-queue": "Q"}
+        assert [s["token"] for s in kube[0].secrets.values()] == [secret]
+        assert not [a for a in _argv_of_processes() if secret in a]
+        factory.cancel(handle)
+        assert factory.wait(handle, self.timeout_s) is PilotStatus.CANCELLED
+        factory.cleanup(handle)
+        assert not kube[0].secrets  # the batch's secret goes with its last pilot
+
+    @pytest.mark.parametrize(("settings", "env"), [
+        ({"image": "x; rm -rf /"}, {}), ({"python": "python3"}, {}), ({"cpu": "1 2"}, {}),
+        ({"privileged": True}, {}), ({}, {"DAWMS_TOKEN": "x"}), ({}, {"A-B": "1"}),
+    ])
+    def test_bad_kubernetes_settings_are_refused_and_create_nothing(
+        self, factory: KubernetesFactory, kube: tuple[FakeKube, str], stub_server: StubServer,
+        tmp_path: Path, settings: dict[str, Any], env: dict[str, str],
+    ) -> None:
+        with pytest.raises(SubmitError):
+            factory.submit(stub_server.url, "Q", 1, tmp_path / "pilots", kubernetes=settings,
+                           env=env, token="t")
+        assert not kube[0].created and not kube[0].secrets
+
+
+@pytest.mark.parametrize("argv", [
+    ["a b", "it's", 'say "hi"', "", "$(HOME)", "'", '"', "--x=1 --y"],
+])
+def test_htcondor_quoting_gives_back_every_argument(argv: list[str]) -> None:
+    assert parse_quoted(quote_args(argv)) == argv
+    env = {"A": "x y", "B": "it's \"q\"", "C": "", "bad-name": "1", "D": "two\nlines"}
+    got = dict(w.split("=", 1) for w in parse_quoted(quote_env(env)))
+    assert got == {"A": "x y", "B": "it's \"q\"", "C": ""}
+    with pytest.raises(SubmitError):
+        quote_args(["a\nb"])
 
 
 def test_every_status_a_poll_can_end_on_is_final() -> None:
