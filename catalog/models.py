@@ -79,6 +79,7 @@ class StorageEndpoint(Base):
     staging_buffer: Mapped[str | None] = mapped_column(String(128), nullable=True)
     # the Rucio RSE this endpoint is, in Rucio mode; "" means the endpoint's own name
     rse: Mapped[str] = mapped_column(String(128), default="")
+    blacklisted: Mapped[int] = mapped_column(Integer, default=0)  # the broker avoids it
     site: Mapped[Site] = relationship()
 
     @property
@@ -106,6 +107,8 @@ class Queue(Base):
     write_endpoint: Mapped[str] = mapped_column(String(128), default="")
     movers: Mapped[dict[str, Any]] = mapped_column(default=dict)  # activity -> [scheme, ...]
     direct_access: Mapped[int] = mapped_column(Integer, default=0)
+    software: Mapped[list[Any] | None] = mapped_column(JSON, nullable=True)  # tags it offers
+    last_pilot_at: Mapped[datetime | None] = mapped_column(nullable=True)  # a pilot asked
     site: Mapped[Site] = relationship()
 
 
@@ -254,6 +257,8 @@ class Job(Base):
     command: Mapped[str | None] = mapped_column(String(32), nullable=True)  # to its pilot
     # rebrokerage constraints for the broker: {"queue": name} or {"exclude": [names]}
     broker_hint: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    # the broker's last word on a job it could not place: {"at", "queues": {name: why}}
+    broker_reasons: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     heartbeat_at: Mapped[datetime | None] = mapped_column(nullable=True)
     state_changed_at: Mapped[datetime] = mapped_column(default=utcnow)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)

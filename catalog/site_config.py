@@ -33,6 +33,10 @@ when in ``config_change``. The file looks like::
     cores = 8
     memory_mb = 16000
     movers = { read = ["file"], write = ["file"] }
+    software = ["root-6.30", "atlas-24.0"]  # tags a task's resources.software must find
+
+An endpoint may carry ``blacklisted = true``: the broker then sends no job to a
+queue that reads from or writes to it (PanDA's blacklisted DDM endpoints).
 """
 
 from __future__ import annotations
@@ -56,7 +60,7 @@ URL_SCHEMES = ("file", "root", "s3", "gs", "davs", "https", "http")
 _SITE_KEYS = {"name": str, "description": str}
 _ENDPOINT_KEYS = {"name": str, "site": str, "kind": str, "url": str, "quota_bytes": int,
                   "rse": str, "staging_buffer": str, "staging_max_files": int,
-                  "staging_max_bytes": int, "staging_max_percent": int}
+                  "staging_max_bytes": int, "staging_max_percent": int, "blacklisted": bool}
 _TAPE_ONLY = ("staging_buffer", "staging_max_files", "staging_max_bytes", "staging_max_percent")
 INT32_MAX, INT64_MAX = 2**31 - 1, 2**63 - 1
 # Rucio's RSE name grammar (rucio.common.schema: upper case, digits, _ and -)
@@ -65,7 +69,7 @@ _QUEUE_KEYS = {
     "name": str, "site": str, "status": str, "cores": int, "memory_mb": int,
     "max_walltime_s": int, "max_disk_mb": int, "max_running": int, "max_queued": int,
     "pilot_backend": str, "backend_settings": dict, "read_endpoints": list,
-    "write_endpoint": str, "movers": dict, "direct_access": bool,
+    "write_endpoint": str, "movers": dict, "direct_access": bool, "software": list,
 }
 
 _POSITIVE = {"cores", "memory_mb", "max_walltime_s", "max_disk_mb", "max_running", "max_queued",
@@ -165,6 +169,10 @@ def validate(raw: dict[str, Any], where: str = "config") -> dict[str, list[dict[
         for ep in [*q.get("read_endpoints", []), q.get("write_endpoint", "")]:
             if ep and ep not in endpoints:
                 errors.append(f"queue {name}: unknown endpoint {ep!r}")
+        if not all(isinstance(t, str) and 0 < len(t) <= 128 for t in q.get("software", [])) \
+                or len(q.get("software", [])) > 1000:
+            errors.append(f"queue {name}: software must be at most 1000 tags of 1-128 "
+                          "characters")
         if not q.get("read_endpoints") or not q.get("write_endpoint"):
             errors.append(f"queue {name}: needs read_endpoints and write_endpoint")
         elif not any(kinds.get(ep) == "disk" for ep in q["read_endpoints"]):
@@ -182,7 +190,8 @@ def _site_row(s: dict[str, Any]) -> dict[str, Any]:
 def _endpoint_row(e: dict[str, Any], site_ids: dict[str, int]) -> dict[str, Any]:
     return {"site_id": site_ids[e["site"]], "kind": e.get("kind", "disk"),
             "url_prefix": e["url"].rstrip("/"), "quota_bytes": e.get("quota_bytes"),
-            "rse": e.get("rse", ""), **{k: e.get(k) for k in _TAPE_ONLY}}
+            "rse": e.get("rse", ""), "blacklisted": int(bool(e.get("blacklisted", False))),
+            **{k: e.get(k) for k in _TAPE_ONLY}}
 
 
 def _queue_row(q: dict[str, Any], site_ids: dict[str, int]) -> dict[str, Any]:
@@ -192,6 +201,7 @@ def _queue_row(q: dict[str, Any], site_ids: dict[str, int]) -> dict[str, Any]:
     row["direct_access"] = int(bool(q.get("direct_access", False)))
     row["backend_settings"] = q.get("backend_settings", {})
     row["movers"] = q.get("movers", {"read": ["file"], "write": ["file"]})
+    row["software"] = sorted(set(q["software"])) if q.get("software") else None
     row["site_id"] = site_ids[q["site"]]
     return row
 

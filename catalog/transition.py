@@ -10,13 +10,15 @@ RETURNING`` round trip that moves activated jobs to ``sent`` with a fresh lease.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Any
 
-from sqlalchemy import bindparam, insert, literal_column, select, update
+from sqlalchemy import bindparam, case, insert, literal_column, select, update
 from sqlalchemy.orm import Session
+from sqlalchemy.orm.attributes import set_committed_value
+from sqlalchemy.sql.elements import ClauseElement
 
 from . import events
 from .models import DataRequest, Job, Replica, StagingFile, StagingRequest, StateHistory, Task
@@ -31,6 +33,7 @@ MODELS: dict[Entity, Any] = {
     Entity.STAGING_FILE: StagingFile,
 }
 _CHUNK = 500
+_HISTORY = insert(StateHistory.__table__)  # Core: no ORM bulk bookkeeping per row
 
 
 class TransitionError(Exception):
@@ -98,8 +101,13 @@ def transition_many(
     values: dict[str, Any] | None = None,
     now: datetime | None = None,
     guard: Sequence[Any] = (),
+    per_row: Mapping[str, Mapping[int, Any]] | None = None,
 ) -> list[int]:
     """Move every row of ``ids`` still in ``expected`` to ``to``; returns the ids moved.
+
+    ``per_row`` sets columns whose value differs by row (column -> {id: value}, e.g.
+    each job's queue), still in one statement per chunk (a ``CASE id WHEN ...``), so
+    a bunch going to many queues is not a round trip per queue.
 
     Rows that moved on in the meantime are left alone (compare-and-set), which is
     what makes duplicated or reordered events harmless. ``guard`` adds conditions
@@ -108,10 +116,13 @@ def transition_many(
     if not allowed(entity, expected, to):
         raise IllegalTransition(f"{entity.value}: {expected} -> {to} is not allowed")
     values = dict(values or {})
-    if "state" in values:
+    per_row = per_row or {}
+    if "state" in values or "state" in per_row:
         raise ValueError("pass the new state as `to`, not in `values`")
     now = now or datetime.now(UTC)
     model = MODELS[entity]
+    table = model.__table__
+    written = {**_timestamp_columns(entity, to, now), **values}
     id_list = list(dict.fromkeys(ids))
     moved: list[tuple[int, int | None]] = []
     for start in range(0, len(id_list), _CHUNK):
@@ -122,20 +133,45 @@ def transition_many(
         if lease_token is not None:
             conds.append(model.lease_token == lease_token)
         conds.extend(guard)
-        stmt = (update(model).where(*conds)
-                .values(state=to, **_timestamp_columns(entity, to, now), **values)
-                .returning(model.id, model.attempt if entity is Entity.JOB
+        # a Core statement: no ORM evaluation of the criteria per loaded object; the
+        # session's copies of the moved rows are brought up to date below instead
+        varying = {col: case(whens, value=table.c.id, else_=table.c[col])
+                   for col, by_id in per_row.items()
+                   if (whens := {i: by_id[i] for i in chunk if i in by_id})}
+        stmt = (update(table).where(*conds).values(state=to, **written, **varying)
+                .returning(table.c.id, table.c.attempt if entity is Entity.JOB
                            else literal_column("NULL")))
         moved.extend((row[0], row[1]) for row in session.execute(stmt))
+    _sync_loaded(session, model, [m[0] for m in moved], {"state": to, **written}, per_row)
     _log(session, entity, moved, expected, to, actor, reason, now)
     return [m[0] for m in moved]
+
+
+def _sync_loaded(session: Session, model: Any, ids: list[int], written: dict[str, Any],
+                 per_row: Mapping[str, Mapping[int, Any]]) -> None:
+    """What the update wrote, onto the objects of those rows this session holds."""
+    if not session.identity_map:
+        return
+    plain = {k: v for k, v in written.items() if not isinstance(v, ClauseElement)}
+    computed = [k for k in written if k not in plain]
+    for i in ids:
+        obj = session.identity_map.get(session.identity_key(model, i))
+        if obj is None:
+            continue
+        for key, value in plain.items():
+            set_committed_value(obj, key, value)
+        for key, by_id in per_row.items():
+            if i in by_id:
+                set_committed_value(obj, key, by_id[i])
+        if computed:
+            session.expire(obj, computed)
 
 
 def _log(session: Session, entity: Entity, moved: Sequence[tuple[int, int | None]],
          src: str, dst: str, actor: str, reason: str, now: datetime) -> None:
     if not moved:
         return
-    session.execute(insert(StateHistory), [
+    session.execute(_HISTORY, [
         {"entity": entity.value, "entity_id": i, "from_state": src, "to_state": dst,
          "attempt": a, "at": now, "actor": actor, "reason": reason[:2000]}
         for i, a in moved
@@ -180,8 +216,6 @@ def _claim_statement(dialect: str, fits: bool = False) -> Any:
                     heartbeat_at=bindparam("claim_now"))
             .returning(job.c.id, job.c.attempt, job.c.lease_token, job.c.spec))
 
-
-_HISTORY = insert(StateHistory.__table__)
 
 
 def claim_jobs(session: Session, queue_id: int, n: int, pilot_id: str,

@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections import defaultdict
 from datetime import UTC, datetime
 
-from sqlalchemy import select, update
+from sqlalchemy import select
 
 from dawms.catalog.db import Database
 from dawms.catalog.models import DataRequest, Job, JobFile, Queue, StorageEndpoint
@@ -23,7 +23,7 @@ from dawms.catalog.transition import transition_many
 from dawms.ddm_bridge.abc import DDM, Ran
 
 from .config import SchedulerConfig
-from .dispatch import available_disk_replicas, build_specs
+from .dispatch import available_disk_replicas, store_specs
 from .retry import retry_failed
 from .setupper import link_requests, request_missing
 
@@ -85,9 +85,7 @@ def run_once(db: Database, ddm: DDM, cfg: SchedulerConfig, now: datetime | None 
         moved = transition_many(s, Entity.JOB, list(ready), JobState.ACTIVATED,
                                 expected=JobState.ASSIGNED, actor=ACTOR,
                                 reason="all inputs on disk at the site", now=now)
-        specs = build_specs(s, {i: ready[i] for i in moved}, ddm, cfg.heartbeat_s)
-        if specs:
-            s.execute(update(Job), [{"id": i, "spec": sp} for i, sp in specs.items()])
+        store_specs(s, {i: ready[i] for i in moved}, ddm, cfg.heartbeat_s)
         failed = transition_many(s, Entity.JOB, doomed, JobState.FAILED,
                                  expected=JobState.ASSIGNED, actor=ACTOR,
                                  reason="the data request for its inputs failed",

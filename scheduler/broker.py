@@ -19,11 +19,13 @@ carries the missing files (PanDA's ``_dis`` block) and the job is ``assigned``.
 from __future__ import annotations
 
 import logging
+import random
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import bindparam, func, select, update
 
 from dawms.catalog.db import Database
 from dawms.catalog.models import (
@@ -39,7 +41,7 @@ from dawms.catalog.transition import transition_many
 from dawms.ddm_bridge.abc import DDM, Ran
 
 from .config import SchedulerConfig
-from .dispatch import available_disk_replicas, build_specs
+from .dispatch import available_disk_replicas, store_specs
 from .setupper import link_requests, request_missing
 
 log = logging.getLogger(__name__)
@@ -70,6 +72,8 @@ class Candidate:
     queue: Queue
     local_endpoints: list[int]
     load: QueueLoad = field(default_factory=QueueLoad)
+    local_set: set[int] = field(default_factory=set)
+    blacklisted: list[str] = field(default_factory=list)
 
 
 def data_weight(sizes: dict[int, int], held: dict[int, list[int]],
@@ -96,6 +100,54 @@ def fits(queue: Queue, job: Job) -> str:
     return ""
 
 
+def static_reason(c: Candidate, job: Job, software: tuple[str, ...], cfg: SchedulerConfig,
+                  now: datetime) -> str:
+    """Why ``job`` can never run on ``c`` as things stand, whatever the queue's load."""
+    if why := fits(c.queue, job):
+        return why
+    if missing := [t for t in software if t not in (c.queue.software or ())]:
+        return f"lacks software {', '.join(missing[:5])}"
+    if c.blacklisted:
+        return f"endpoint {', '.join(c.blacklisted)} is blacklisted"
+    if not c.local_endpoints:
+        return "reads from no disk endpoint"
+    if cfg.pilot_seen_s > 0:
+        seen = c.queue.last_pilot_at
+        if seen is None or (now - seen).total_seconds() > cfg.pilot_seen_s:
+            return f"no pilot asked for jobs within {cfg.pilot_seen_s} s"
+    return ""
+
+
+def dynamic_reason(c: Candidate, hint: dict[str, Any]) -> str:
+    """Why ``c`` cannot take one more job now (its hint, its depth, its backlog)."""
+    if hint.get("queue") and c.queue.name != hint["queue"]:
+        return f"the job was reassigned to {hint['queue']}"
+    if c.queue.name in hint.get("exclude", ()):
+        return "excluded by rebrokerage"
+    if c.load.queued >= c.queue.max_queued:
+        return f"{c.load.queued} queued >= max_queued {c.queue.max_queued}"
+    if c.load.activated + c.load.starting > 2 * c.load.running + BACKLOG_FLOOR:
+        return "too many activated and starting for its running"
+    return ""
+
+
+def pick(scored: list[tuple[float, Candidate, list[int]]], cfg: SchedulerConfig,
+         rng: random.Random) -> tuple[float, Candidate, list[int]]:
+    """Among the best few (``broker_top_n`` within ``broker_spread`` of the best), one
+    at random in proportion to its weight, so equal queues are not herded onto one."""
+    scored.sort(key=lambda x: (-x[0], x[1].queue.name))
+    best = scored[0][0]
+    few = [x for x in scored[:cfg.broker_top_n] if x[0] >= best * (1 - cfg.broker_spread)]
+    if len(few) == 1:
+        return few[0]
+    point = rng.random() * sum(x[0] for x in few)
+    for x in few:
+        point -= x[0]
+        if point <= 0:
+            return x
+    return few[-1]
+
+
 def _loads(session, queue_ids: list[int]) -> dict[int, QueueLoad]:
     loads = {q: QueueLoad() for q in queue_ids}
     rows = session.execute(select(Job.queue_id, Job.state, func.count())
@@ -111,14 +163,16 @@ def _loads(session, queue_ids: list[int]) -> dict[int, QueueLoad]:
 
 
 def run_once(db: Database, ddm: DDM, cfg: SchedulerConfig,
-             now: datetime | None = None) -> Ran:
+             now: datetime | None = None, rng: random.Random | None = None) -> Ran:
     """Broker one bunch of defined (and waiting) jobs; returns how many got a queue.
 
     Full when it took ``cfg.broker_bunch`` jobs and moved at least one of them on (a
     queue, ``waiting``, or ``closed``): waiting jobs that still fit nowhere are taken
-    again every run, so a bunch of only those must not count as full.
+    again every run, so a bunch of only those must not count as full. Each job it
+    cannot place keeps the reason every queue gave in ``job.broker_reasons``.
     """
     now = now or datetime.now(UTC)
+    rng = rng or _RNG
     with db.session() as s:
         jobs = list(s.scalars(select(Job).where(Job.state.in_([JobState.DEFINED,
                                                                 JobState.WAITING]))
@@ -129,12 +183,12 @@ def run_once(db: Database, ddm: DDM, cfg: SchedulerConfig,
         jobs = _drop_jobs_of_ended_tasks(s, jobs, now)
         moved_on = taken - len(jobs)
         endpoints = {e.name: e for e in s.scalars(select(StorageEndpoint))}
-        queues = [q for q in s.scalars(select(Queue).order_by(Queue.name))
-                  if q.status == QueueStatus.ONLINE]
-        loads = _loads(s, [q.id for q in queues])
-        cands = [Candidate(q, [endpoints[n].id for n in q.read_endpoints
-                               if n in endpoints and endpoints[n].kind == "disk"], loads[q.id])
-                 for q in queues]
+        queues = list(s.scalars(select(Queue).order_by(Queue.name)))
+        loads = _loads(s, [q.id for q in queues if q.status == QueueStatus.ONLINE])
+        cands = [_candidate(q, endpoints, loads.get(q.id, QueueLoad())) for q in queues]
+        software = {t: tuple(sorted(set(r.get("software") or ())))
+                    for t, r in s.execute(select(Task.id, Task.resources)
+                                          .where(Task.id.in_({j.task_id for j in jobs})))}
         inputs: dict[int, dict[int, int]] = defaultdict(dict)
         for job_id, file_id, size in s.execute(
                 select(JobFile.job_id, JobFile.file_id, File.size)
@@ -144,53 +198,83 @@ def run_once(db: Database, ddm: DDM, cfg: SchedulerConfig,
         held = available_disk_replicas(s, {f for files in inputs.values() for f in files})
 
         choice: dict[int, tuple[Candidate, list[int]]] = {}
-        unplaced: dict[int, str] = {}
+        unplaced: dict[int, dict[str, str]] = {}
+        statics: dict[tuple, list[tuple[Candidate, str]]] = {}
         for job in jobs:
-            best: tuple[float, Candidate, list[int]] | None = None
-            reasons = []
+            tags = software.get(job.task_id, ())
+            key = (job.cores, job.memory_mb, job.walltime_s, job.disk_mb, tags)
+            if key not in statics:
+                statics[key] = [(c, static_reason(c, job, tags, cfg, now)) for c in cands]
             hint = job.broker_hint or {}
-            for c in cands:
-                why = fits(c.queue, job)
-                if not why and hint.get("queue") and c.queue.name != hint["queue"]:
-                    why = f"the job was reassigned to {hint['queue']}"
-                if not why and c.queue.name in hint.get("exclude", ()):
-                    why = "excluded by rebrokerage"
-                if not why and not c.local_endpoints:
-                    why = "reads from no disk endpoint"
-                if not why and c.load.queued >= c.queue.max_queued:
-                    why = f"{c.load.queued} queued >= max_queued {c.queue.max_queued}"
-                if not why and (c.load.activated + c.load.starting
-                                > 2 * c.load.running + BACKLOG_FLOOR):
-                    why = "too many activated and starting for its running"
+            files = inputs[job.id]
+            where = {e for f in files for e in held.get(f, ())}
+            reasons: dict[str, str] = {}
+            scored: list[tuple[float, Candidate, list[int]]] = []
+            for c, why in statics[key]:
+                why = why or dynamic_reason(c, hint)
                 if why:
-                    reasons.append(f"{c.queue.name}: {why}")
+                    reasons[c.queue.name] = why
                     continue
-                dweight, missing = data_weight(inputs[job.id], held, c.local_endpoints)
-                w = c.load.weight() * dweight
-                if best is None or w > best[0]:
-                    best = (w, c, missing)
-            if best is None:
-                unplaced[job.id] = "no queue passes: " + "; ".join(reasons or ["no queues"])
+                if where & c.local_set:
+                    dweight, missing = data_weight(files, held, c.local_endpoints)
+                else:  # nothing of it there: every file missing
+                    dweight, missing = 1.0 / (len(files) / 100 + 1), list(files)
+                scored.append((c.load.weight() * dweight, c, missing))
+            if not scored:
+                unplaced[job.id] = reasons or {"": "no queues"}
                 continue
-            _, c, missing = best
+            _, c, missing = pick(scored, cfg, rng)
             choice[job.id] = (c, missing)
             if missing:
                 c.load.assigned += 1
             else:
                 c.load.activated += 1
         _setup(s, ddm, cfg, jobs, choice, endpoints, now)
-        by_reason = defaultdict(list)
-        for job in jobs:
-            if job.id in unplaced and job.state == JobState.DEFINED:
-                by_reason[unplaced[job.id]].append(job.id)
-        for reason, ids in by_reason.items():
-            log.warning("%d jobs wait: %s", len(ids), reason)
-            moved_on += len(transition_many(s, Entity.JOB, ids, JobState.WAITING,
-                                            expected=JobState.DEFINED, actor=ACTOR,
-                                            reason=reason, now=now))
+        moved_on += _keep_reasons(s, jobs, unplaced, now)
         _tasks_ready(s, {j.task_id for j in jobs}, now)
         moved_on += len(choice)
         return Ran(len(choice), full=taken >= cfg.broker_bunch and moved_on > 0)
+
+
+_RNG = random.Random()
+
+
+def _candidate(q: Queue, endpoints: dict[str, StorageEndpoint], load: QueueLoad) -> Candidate:
+    local = [endpoints[n].id for n in q.read_endpoints
+             if n in endpoints and endpoints[n].kind == "disk" and not endpoints[n].blacklisted]
+    bad = sorted(n for n in {*q.read_endpoints, q.write_endpoint}
+                 if n in endpoints and endpoints[n].blacklisted)
+    return Candidate(q, local, load, set(local), bad)
+
+
+def summary(reasons: dict[str, str]) -> str:
+    """One line for the log and the history (cut at 2000 characters there; the full
+    per-queue reasons stay in ``job.broker_reasons``)."""
+    return "no queue passes: " + "; ".join(f"{q}: {why}" if q else why
+                                           for q, why in reasons.items())
+
+
+def _keep_reasons(s, jobs: list[Job], unplaced: dict[int, dict[str, str]],
+                  now: datetime) -> int:
+    """Unplaced jobs: ``defined`` ones wait; every one keeps its per-queue reasons."""
+    if not unplaced:
+        return 0
+    table = Job.__table__
+    s.execute(update(table).where(table.c.id == bindparam("jid"))
+              .values(broker_reasons=bindparam("why")),
+              [{"jid": i, "why": {"at": now.isoformat(), "queues": r}}
+               for i, r in unplaced.items()])
+    by_reason: dict[str, list[int]] = defaultdict(list)
+    for job in jobs:
+        if job.id in unplaced and job.state == JobState.DEFINED:
+            by_reason[summary(unplaced[job.id])].append(job.id)
+    moved = 0
+    for reason, ids in by_reason.items():
+        log.warning("%d jobs wait: %s", len(ids), reason)
+        moved += len(transition_many(s, Entity.JOB, ids, JobState.WAITING,
+                                     expected=JobState.DEFINED, actor=ACTOR,
+                                     reason=reason, now=now))
+    return moved
 
 
 def _drop_jobs_of_ended_tasks(s, jobs: list[Job], now: datetime) -> list[Job]:
@@ -212,26 +296,27 @@ def _drop_jobs_of_ended_tasks(s, jobs: list[Job], now: datetime) -> list[Job]:
 def _setup(s, ddm: DDM, cfg: SchedulerConfig, jobs: list[Job],
            choice: dict[int, tuple[Candidate, list[int]]],
            endpoints: dict[str, StorageEndpoint], now: datetime) -> None:
-    """Activate the jobs with all inputs local; request the rest and assign the jobs."""
+    """Activate the jobs with all inputs local; request the rest and assign the jobs.
+
+    One set-based transition per (from state, to state), each row given its queue."""
     by_id = {j.id: j for j in jobs}
-    groups: dict[tuple[str, int, JobState], list[int]] = defaultdict(list)
+    groups: dict[tuple[str, JobState], list[int]] = defaultdict(list)
     bunches: dict[tuple[int, int], set[int]] = defaultdict(set)
+    queue_of = {job_id: c.queue.id for job_id, (c, _) in choice.items()}
     for job_id, (c, missing) in choice.items():
         job = by_id[job_id]
         target = JobState.ASSIGNED if missing else JobState.ACTIVATED
-        groups[(job.state, c.queue.id, target)].append(job_id)
+        groups[(job.state, target)].append(job_id)
         if missing:
             bunches[(job.task_id, c.local_endpoints[0])].update(missing)
     file_request = request_missing(s, ddm, bunches)
-    for (state, queue_id, target), ids in groups.items():
+    for (state, target), ids in groups.items():
         moved = transition_many(s, Entity.JOB, ids, target, expected=state, actor=ACTOR,
                                 reason="inputs at queue" if target == JobState.ACTIVATED
-                                else "inputs requested", values={"queue_id": queue_id},
-                                now=now)
+                                else "inputs requested", values={"broker_reasons": None},
+                                per_row={"queue_id": queue_of}, now=now)
         if target == JobState.ACTIVATED:
-            specs = build_specs(s, {i: queue_id for i in moved}, ddm, cfg.heartbeat_s)
-            if specs:
-                s.execute(update(Job), [{"id": i, "spec": sp} for i, sp in specs.items()])
+            store_specs(s, {i: queue_of[i] for i in moved}, ddm, cfg.heartbeat_s)
         else:
             link_requests(s, [(job_id, fid, file_request[(fid, choice[job_id][0]
                                                            .local_endpoints[0])])

@@ -19,6 +19,10 @@ class SchedulerConfig:
     broker_bunch: int = 500  # jobs brokered per run
     activator_bunch: int = 2000  # assigned jobs looked at per run
     default_max_attempts: int = 3
+    broker_top_n: int = 3  # the broker picks among this many best queues...
+    broker_spread: float = 0.2  # ...whose weight is within this fraction of the best
+    pilot_seen_s: int = 0  # > 0: only queues a pilot asked within this many s get jobs
+    rebroker_after_s: int = 21600  # activated this long with no pilot: go elsewhere (6 h)
     interval_s: float = 30.0  # periodic safety net for every daemon
 
     @classmethod

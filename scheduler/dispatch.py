@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections import defaultdict
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, select, update
 from sqlalchemy.orm import Session
 
 from dawms.catalog.models import File, Job, JobFile, Queue, Replica, StorageEndpoint, Task
@@ -47,6 +47,19 @@ def build_specs(session: Session, job_queue: dict[int, int], ddm: DDM,
     row stores (``JobSpec.to_dict()``; the claim fills in the lease)."""
     return {i: spec.to_dict() for i, spec in job_specs(session, job_queue, ddm,
                                                          heartbeat_s).items()}
+
+
+def store_specs(session: Session, job_queue: dict[int, int], ddm: DDM,
+                heartbeat_s: int) -> int:
+    """Build the dispatch data of ``job id -> queue id`` and store it on the job rows:
+    one executemany of Core updates (no ORM bookkeeping per row); returns how many."""
+    specs = build_specs(session, job_queue, ddm, heartbeat_s)
+    if specs:
+        job = Job.__table__
+        session.execute(update(job).where(job.c.id == bindparam("jid"))
+                        .values(spec=bindparam("sp")),
+                        [{"jid": i, "sp": sp} for i, sp in specs.items()])
+    return len(specs)
 
 
 def job_specs(session: Session, job_queue: dict[int, int], ddm: DDM,

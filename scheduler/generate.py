@@ -30,6 +30,7 @@ class Piece(NamedTuple):
     inputs: Sequence[tuple[File, str]]  # (file, dataset)
     retry_of: int | None = None
     broker_hint: dict[str, Any] | None = None
+    resources: dict[str, int] | None = None  # over the task's (a retry with more memory)
 
 
 def create_jobs(session: Session, task: Task, pieces: Sequence[Piece], *, now: datetime,
@@ -38,15 +39,15 @@ def create_jobs(session: Session, task: Task, pieces: Sequence[Piece], *, now: d
     res = task.resources
     jobs = [Job(task_id=task.id, job_index=p.index, attempt=p.attempt, retry_of=p.retry_of,
                 broker_hint=p.broker_hint, state=JobState.DEFINED, priority=task.priority,
-                cores=res["cores"], memory_mb=res["memory_mb"], walltime_s=res["walltime_s"],
-                disk_mb=res["disk_mb"], state_changed_at=now, created_at=now)
-            for p in pieces]
+                cores=r["cores"], memory_mb=r["memory_mb"], walltime_s=r["walltime_s"],
+                disk_mb=r["disk_mb"], state_changed_at=now, created_at=now)
+            for p in pieces for r in [{**res, **(p.resources or {})}]]
     session.add_all(jobs)
     session.flush()
     out_scope, _ = split_did(task.output_dataset)
     log_scope, _ = split_did(task.log_dataset)
     rows = []
-    for job, (index, attempt, inputs, _, _) in zip(jobs, pieces, strict=True):
+    for job, (index, attempt, inputs, *_) in zip(jobs, pieces, strict=True):
         for f, did in inputs:
             rows.append({"job_id": job.id, "type": "in", "scope": f.scope, "lfn": f.name,
                          "dataset": did, "file_id": f.id, "size": f.size,

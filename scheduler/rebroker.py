@@ -65,7 +65,9 @@ def reassign_jobs(session: Session, job_ids: Iterable[int], *, actor: str,
             hint = {"exclude": sorted({*(job.broker_hint or {}).get("exclude", []),
                                        *([left] if left else [])})}
         per_task[job.task_id].append(
-            (job_id, Piece(job.job_index, job.attempt, inputs[job_id], job_id, hint)))
+            (job_id, Piece(job.job_index, job.attempt, inputs[job_id], job_id, hint,
+                           {"cores": job.cores, "memory_mb": job.memory_mb,
+                            "walltime_s": job.walltime_s, "disk_mb": job.disk_mb})))
     for task_id, items in per_task.items():
         task = session.get(Task, task_id)
         new_ids = create_jobs(session, task, [p for _, p in items], now=now, actor=actor,

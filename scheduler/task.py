@@ -215,8 +215,16 @@ def validate(spec: dict[str, Any], ddm: DDM | None = None,
                       + ", ".join(f"{k} = <int>" for k in _RESOURCES))
         given = {}
     for key, value in (given or {}).items():
-        if key not in _RESOURCES:
-            errors.append(f"resources: unknown key {key!r}; known {sorted(_RESOURCES)}")
+        if key == "software":  # tags the queue must advertise (its sites-file `software`)
+            if not isinstance(value, list) or len(value) > 50 or not all(
+                    isinstance(t, str) and 0 < len(t) <= 128 for t in value):
+                errors.append("resources.software must be a list of at most 50 tags of "
+                              "1-128 characters")
+            else:
+                resources["software"] = sorted(set(value))
+        elif key not in _RESOURCES:
+            errors.append(f"resources: unknown key {key!r}; known "
+                          f"{sorted([*_RESOURCES, 'software'])}")
         elif _check_int(value, f"resources.{key}", 1, INT32_MAX, errors):
             resources[key] = value
     given = spec.get("retry")

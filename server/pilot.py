@@ -13,7 +13,6 @@ by the DDM or by the database is answered for itself and rolled back alone.
 
 from __future__ import annotations
 
-import time
 from datetime import UTC, datetime
 from typing import Any
 
@@ -34,20 +33,31 @@ from .schemas import AcquireJobs, Envelope, JobUpdate, JobUpdates
 from .tokens import Principal
 
 router = APIRouter(prefix="/api/v1/pilot", tags=["pilot"])
-_QUEUE_TTL_S = 30.0
+_PILOT_SEEN_EVERY_S = 60  # how often a queue's last_pilot_at is refreshed
 
 
-def _queue(request: Request, name: str) -> tuple[int, str]:
-    cache: dict[str, tuple[float, int, str]] = request.app.state.queue_cache
-    hit = cache.get(name)
-    if hit and hit[0] > time.monotonic():
-        return hit[1], hit[2]
-    with request.app.state.db.session() as s:
-        row = s.execute(select(Queue.id, Queue.status).where(Queue.name == name)).first()
-    if row is None:
-        raise NotFound(f"no queue named {name!r}")
-    cache[name] = (time.monotonic() + _QUEUE_TTL_S, row[0], row[1])
-    return row[0], row[1]
+def _queue_id(request: Request, name: str) -> int:
+    """A queue's id (never changes: queues are set offline, never removed). Its status
+    is not cached: it is read inside each claim's transaction, so an operator's
+    ``dawms sites sync`` takes effect on every server process at once."""
+    cache: dict[str, int] = request.app.state.queue_cache
+    if name not in cache:
+        with request.app.state.db.session() as s:
+            queue_id = s.scalar(select(Queue.id).where(Queue.name == name))
+        if queue_id is None:
+            raise NotFound(f"no queue named {name!r}")
+        cache[name] = queue_id
+    return cache[name]
+
+
+def _status_now(s: Any, queue_id: int, now: datetime) -> str:
+    """The queue's status in this transaction; notes that a pilot asked (at most once a
+    minute per queue: the broker's "pilots seen recently" filter reads it)."""
+    status, seen = s.execute(select(Queue.status, Queue.last_pilot_at)
+                             .where(Queue.id == queue_id)).one()
+    if seen is None or (now - seen).total_seconds() > _PILOT_SEEN_EVERY_S:
+        s.execute(Queue.__table__.update().where(Queue.id == queue_id).values(last_pilot_at=now))
+    return status
 
 
 @router.post("/acquire_jobs", response_model=Envelope)
@@ -55,12 +65,13 @@ def acquire_jobs(body: AcquireJobs, request: Request,
                  who: Principal = Depends(PILOT)) -> dict[str, Any]:
     """Claim up to ``n_jobs`` activated jobs of the queue for this pilot."""
     check_queue(who, body.queue)
-    queue_id, status = _queue(request, body.queue)
-    if status not in QUEUE_SERVED:
-        return ok({"jobs": [], "pending": 0,
-                   "command_poll_s": request.app.state.cfg.command_poll_s},
-                  f"queue {body.queue} is {status}")
+    queue_id = _queue_id(request, body.queue)
     with request.app.state.db.session() as s:
+        status = _status_now(s, queue_id, datetime.now(UTC))
+        if status not in QUEUE_SERVED:
+            return ok({"jobs": [], "pending": 0,
+                       "command_poll_s": request.app.state.cfg.command_poll_s},
+                      f"queue {body.queue} is {status}")
         rows = claim_jobs(s, queue_id, body.n_jobs, body.pilot_id,
                           max_walltime_s=body.max_walltime_s)
         pending = 0
