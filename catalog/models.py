@@ -196,6 +196,11 @@ class DataRequest(Base):
     bytes_done: Mapped[int] = mapped_column(BigInteger, default=0)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     error: Mapped[str] = mapped_column(Text, default="")
+    # stuck escalation (scheduler/stuck.py): how often it went a whole period without a
+    # file arriving, and when files_done last grew (progress_files: its value then)
+    stuck_count: Mapped[int] = mapped_column(Integer, default=0)
+    progress_files: Mapped[int] = mapped_column(Integer, default=0)
+    progress_at: Mapped[datetime | None] = mapped_column(nullable=True)
     acquired_by: Mapped[str | None] = mapped_column(String(128), nullable=True)
     acquired_until: Mapped[datetime | None] = mapped_column(nullable=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
@@ -207,6 +212,10 @@ class DataRequestFile(Base):
     request_id: Mapped[int] = mapped_column(ForeignKey("data_request.id"), primary_key=True)
     file_id: Mapped[int] = mapped_column(ForeignKey("file.id"), primary_key=True)
     done: Mapped[int] = mapped_column(Integer, default=0)
+    # the last reason this file failed to arrive (what Rucio users ask for per file)
+    error: Mapped[str] = mapped_column(Text, default="")
+    failures: Mapped[int] = mapped_column(Integer, default=0)
+    failed_at: Mapped[datetime | None] = mapped_column(nullable=True)
 
 
 # ---------------------------------------------------------------- work

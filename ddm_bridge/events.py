@@ -12,11 +12,11 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from dawms.catalog.models import DataRequest, DDMEvent
+from dawms.catalog.models import DataRequest, DataRequestFile, DDMEvent
 from dawms.catalog.states import Entity, RequestState
 from dawms.catalog.transition import transition_many
 
@@ -87,3 +87,16 @@ def apply_reports(session: Session, reports: list[RequestReport], *, source: str
             result = "unknown"
         counts[result] = counts.get(result, 0) + 1
     return counts
+
+
+def record_file_failure(session: Session, request_id: int, file_ids: list[int], error: str,
+                        now: datetime) -> int:
+    """Keep ``error`` as the last failure of each of ``file_ids`` in request ``request_id``
+    (and count it), so ``dawms explain`` can say why a file is not there. Not a state
+    change: the request's outcome is still the backend's report."""
+    if not file_ids:
+        return 0
+    res = session.execute(update(DataRequestFile).where(
+        DataRequestFile.request_id == request_id, DataRequestFile.file_id.in_(file_ids))
+        .values(error=error[:2000], failures=DataRequestFile.failures + 1, failed_at=now))
+    return int(res.rowcount or 0)

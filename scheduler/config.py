@@ -15,6 +15,12 @@ class SchedulerConfig:
     waiting_timeout_s: int = 14400  # no queue could take it (PanDA: defined 4 h)
     assigned_timeout_s: int = 43200  # its inputs did not arrive (PanDA: 12 h)
     activated_timeout_s: int = 172800  # no pilot took it (PanDA: 2 d)
+    # a data request with no file arriving for stuck_after_s gets a stuck count; at
+    # stuck_max it is cancelled and its jobs rebrokered, a job already moved
+    # stuck_moves_max times for this fails (ddm_stuck) instead (scheduler/stuck.py)
+    stuck_after_s: int = 7200
+    stuck_max: int = 3
+    stuck_moves_max: int = 1
     refiner_bunch: int = 20  # tasks refined per run
     broker_bunch: int = 500  # jobs brokered per run
     activator_bunch: int = 2000  # assigned jobs looked at per run

@@ -46,7 +46,7 @@ from dawms.catalog.states import (
 from dawms.ddm_bridge.abc import DDM, Ran
 from dawms.ddm_bridge.events import apply_reports
 
-from . import activator, autorebroker, broker, finisher, refiner, watcher
+from . import activator, autorebroker, broker, finisher, refiner, stuck, watcher
 from .config import SchedulerConfig
 
 log = logging.getLogger(__name__)
@@ -119,6 +119,7 @@ class Scheduler:
             "activator": (self._activate, cfg.interval_s),
             "watcher": (lambda: watcher.run_once(db, cfg), cfg.interval_s),
             "rebroker": (lambda: autorebroker.run_once(db, cfg), cfg.interval_s),
+            "stuck": (lambda: stuck.run_once(db, cfg), cfg.interval_s),
             "finisher": (lambda: finisher.run_once(db), cfg.interval_s),
             "ddm_poller": (self._poll, cfg.interval_s),
             "carousel": (lambda ccfg=carousel.CarouselConfig.from_env():

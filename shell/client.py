@@ -122,6 +122,15 @@ class Client:
         return self._call("POST", "/staging/priority",
                           json={"request_ids": request_ids, "priority": priority})
 
+    def explain_job(self, job_id: int) -> dict[str, Any]:
+        return self._call("GET", f"/job/{job_id}/explain")
+
+    def explain_task(self, task_id: int) -> dict[str, Any]:
+        return self._call("GET", f"/task/{task_id}/explain")
+
+    def dry_run(self, spec: dict[str, Any]) -> dict[str, Any]:
+        return self._call("POST", "/task/dry_run", json=spec)
+
     def summary(self, task_id: int | None = None) -> dict[str, Any]:
         return self._call("GET", "/summary",
                           params={"task_id": task_id} if task_id is not None else {})

@@ -35,7 +35,7 @@ from dawms.catalog.models import DataRequest, DataRequestFile, File, Replica, St
 from dawms.catalog.states import Entity, ReplicaState, RequestState
 from dawms.catalog.transition import transition_many
 from dawms.ddm_bridge.abc import Ran
-from dawms.ddm_bridge.events import apply_reports
+from dawms.ddm_bridge.events import apply_reports, record_file_failure
 from dawms.storage.checksum import copy_stream, url_checksum
 from dawms.storage.paths import PathEscape, lfn2pfn
 
@@ -211,6 +211,9 @@ def _record(db: Database, rid: int, outcomes: list[_Outcome]) -> None:
         transition_many(s, Entity.REPLICA, bad_dest, ReplicaState.UNAVAILABLE,
                         expected=ReplicaState.COPYING, actor="ddm:local",
                         reason=f"request {rid} found no intact source", now=now)
+        for o in outcomes:
+            if not o.ok:
+                record_file_failure(s, rid, [o.item.file_id], o.error, now)
         if ok:
             s.execute(update(DataRequestFile).where(
                 DataRequestFile.request_id == rid,

@@ -33,7 +33,7 @@ from sqlalchemy.orm import Session
 
 from dawms.catalog.models import DataRequest, File, StorageEndpoint
 from dawms.catalog.states import ReplicaState, RequestState
-from dawms.ddm_bridge.events import apply_request_outcome, record
+from dawms.ddm_bridge.events import apply_request_outcome, record, record_file_failure
 
 from . import cache
 
@@ -219,6 +219,10 @@ def _apply(session: Session, ddm: RucioDDM, msg: RucioMessage, source: str,
             return "stale"
         error = (f"ddm.transfer_failed: {p.get('scope')}:{p.get('name')} to "
                  f"{p.get('dst-rse')}: {str(p.get('reason') or 'no reason given')[:500]}")
+        file_id = session.scalar(select(File.id).where(File.scope == _text(p, "scope"),
+                                                       File.name == _text(p, "name")))
+        if file_id is not None:
+            record_file_failure(session, req.id, [file_id], error, now)
         report = ddm.count_failure(session, req, error, now)
         if report is None:
             return "counted"

@@ -4,6 +4,6 @@
 
 from __future__ import annotations
 
-from . import data, factory, jobs, service, sites, staging, tasks, tokens
+from . import data, explain, factory, jobs, service, sites, staging, tasks, tokens
 
-MODULES = [service, sites, data, tasks, jobs, staging, tokens, factory]
+MODULES = [service, sites, data, tasks, jobs, staging, explain, tokens, factory]

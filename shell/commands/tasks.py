@@ -25,6 +25,12 @@ def cmd_task_submit(args: argparse.Namespace, st: Settings) -> int:
         print(f"error: cannot read {args.file}: {exc}", file=sys.stderr)
         return 2
     with client(args) as c:
+        if args.dry_run:
+            from .explain import print_plan
+
+            plan = c.dry_run(spec)
+            print_json(plan) if args.json else print_plan(plan)
+            return 0
         data = c.submit_task(spec)
     print_json(data) if args.json else print(f"task {data['task_id']} {data['state']}")
     return 0
@@ -71,6 +77,9 @@ def register(groups: Groups) -> None:
     task = groups("task", "tasks")
     ts = task.add_parser("submit", help="submit a task file (TOML or JSON)")
     ts.add_argument("file")
+    ts.add_argument("--dry-run", action="store_true",
+                    help="show how it would split, where jobs would go and what data would "
+                         "move; write nothing")
     ts.add_argument("--json", action="store_true")
     ts.set_defaults(fn=cmd_task_submit)
     tl = task.add_parser("list")

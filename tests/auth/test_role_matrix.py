@@ -52,6 +52,9 @@ POLICY: dict[tuple[str, str], set[str] | None] = {  # None: public, no token nee
     ("GET", "/api/v1/staging/list"): ALL,
     ("POST", "/api/v1/staging/cancel"): {"admin", "production"},
     ("POST", "/api/v1/staging/priority"): {"admin", "production"},
+    ("GET", "/api/v1/job/{job_id}/explain"): ALL,
+    ("GET", "/api/v1/task/{task_id}/explain"): ALL,
+    ("POST", "/api/v1/task/dry_run"): MANAGERS,
 }
 
 
@@ -140,6 +143,9 @@ def _samples(world: World) -> dict[tuple[str, str], dict[str, Any]]:
         ("GET", "/api/v1/staging/list"): {},
         ("POST", "/api/v1/staging/cancel"): {"json": {"request_ids": [1]}},
         ("POST", "/api/v1/staging/priority"): {"json": {"request_ids": [1], "priority": 5}},
+        ("GET", "/api/v1/job/{job_id}/explain"): {"path": {"job_id": prod_jobs[0]}},
+        ("GET", "/api/v1/task/{task_id}/explain"): {"path": {"task_id": world.alice_task}},
+        ("POST", "/api/v1/task/dry_run"): {"json": _spec()},
     }
 
 

@@ -387,5 +387,6 @@ def test_the_backend_declares_its_daemons_and_the_runner_starts_exactly_those(
         result = d.run_once(b.db)  # nothing to do yet: an idle run, not full
         assert isinstance(result, Ran) and not result.full
     sched = Scheduler(b.db, b.ddm)
-    core = {"refiner", "broker", "activator", "watcher", "finisher", "ddm_poller", "carousel"}
+    core = {"refiner", "broker", "activator", "watcher", "stuck", "rebroker", "finisher",
+            "ddm_poller", "carousel"}
     assert set(sched.daemons) == core | b.daemons and not core & b.daemons
