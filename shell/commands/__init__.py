@@ -4,6 +4,20 @@
 
 from __future__ import annotations
 
-from . import data, jobs, service, sites, staging, tasks, tokens
+from . import (
+    browse,
+    completion,
+    config,
+    data,
+    joblog,
+    jobs,
+    progress,
+    service,
+    sites,
+    staging,
+    tasks,
+    tokens,
+)
 
-MODULES = [service, sites, data, tasks, jobs, staging, tokens]
+MODULES = [service, sites, data, browse, tasks, progress, jobs, joblog, staging, tokens, config,
+           completion]
