@@ -50,6 +50,23 @@ from . import activator, autorebroker, broker, finisher, refiner, stuck, watcher
 from .config import SchedulerConfig
 
 log = logging.getLogger(__name__)
+MAX_INSTANCES_TEXT = "maximum number of running instances reached"
+
+
+class _OverlapToDebug(logging.Filter):
+    """APScheduler warns each time a periodic run finds the daemon's previous run still
+    going; that is the designed behaviour (the run is simply not started again, and
+    ``_Daemon`` serves wake-ups after it), so it is logged at debug instead."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno > logging.DEBUG and MAX_INSTANCES_TEXT in record.getMessage():
+            log.debug("%s", record.getMessage())
+            return False
+        return True
+
+
+APS_LOG = logging.getLogger(f"{__name__}.apscheduler")
+APS_LOG.addFilter(_OverlapToDebug())
 # a file arrived, a recall ended, a task went to staging or ended (its copies may go)
 CAROUSEL_WAKES = {(Entity.REPLICA.value, "available"), (Entity.TASK.value, TaskState.STAGING.value),
                   *((Entity.REQUEST.value, st.value) for st in RequestState
@@ -137,7 +154,7 @@ class Scheduler:
         self._aps = BackgroundScheduler(executors={"default": ThreadPoolExecutor(8)},
                                         job_defaults={"coalesce": True, "max_instances": 1,
                                                       "misfire_grace_time": None},
-                                        timezone=UTC)
+                                        timezone=UTC, logger=APS_LOG)
         self._unsubscribe: Callable[[], None] | None = None
 
     def _lease(self, name: str) -> bool:

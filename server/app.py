@@ -24,7 +24,20 @@ from dawms.ddm_bridge.abc import DDM
 from dawms.scheduler.config import SchedulerConfig
 from dawms.scheduler.runner import Scheduler
 
-from . import commands, envelope, explain, factory, health, keys, limits, pilot, staging, user
+from . import (
+    browse,
+    commands,
+    envelope,
+    explain,
+    factory,
+    health,
+    joblog,
+    keys,
+    limits,
+    pilot,
+    staging,
+    user,
+)
 from . import ddm as ddm_routes
 from .auth import ANY
 from .schemas import Envelope
@@ -70,7 +83,7 @@ def create_app(db: Database, ddm: DDM, cfg: SchedulerConfig | None = None, *,
     envelope.install(app)
     app.include_router(health.router)
     for router in (pilot.router, commands.router, user.router, ddm_routes.router, factory.router,
-                   staging.router, explain.router):
+                   staging.router, explain.router, browse.router, joblog.router):
         app.include_router(router, responses=envelope.ERROR_RESPONSES)
 
     @app.get("/api/v1/ping", tags=["monitor"], response_model=Envelope,

@@ -12,7 +12,9 @@ the server's message and HTTP status.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 
@@ -134,3 +136,73 @@ class Client:
     def summary(self, task_id: int | None = None) -> dict[str, Any]:
         return self._call("GET", "/summary",
                           params={"task_id": task_id} if task_id is not None else {})
+
+    # ------------------------------------------------------------ browsing (read-only)
+    def task_progress(self, task_id: int) -> dict[str, Any]:
+        """Pieces and input files done, jobs by state, ``eta_s`` (None if unknown)."""
+        return self._call("GET", f"/task/{task_id}/progress")
+
+    def datasets(self, scope: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
+        params: dict[str, Any] = {"limit": limit, **({"scope": scope} if scope else {})}
+        return self._call("GET", "/dataset/list", params=params)
+
+    def dataset(self, did: str, files: int = 100) -> dict[str, Any]:
+        scope, sep, name = did.partition(":")
+        if not sep or not scope or not name or "/" in did:
+            raise DawmsError(f"dataset {did[:200]!r} must be scope:name", 0)
+        return self._call("GET", f"/dataset/{quote(scope, safe='')}/{quote(name, safe='')}",
+                          params={"files": files})
+
+    def requests(self, state: str | None = None, kind: str | None = None,
+                 limit: int = 100) -> list[dict[str, Any]]:
+        params: dict[str, Any] = {"limit": limit}
+        if state:
+            params["state"] = state
+        if kind:
+            params["kind"] = kind
+        return self._call("GET", "/request/list", params=params)
+
+    def sites(self) -> list[dict[str, Any]]:
+        return self._call("GET", "/site/list")
+
+    def site(self, name: str) -> dict[str, Any]:
+        return self._call("GET", f"/site/{quote(name, safe='')}")
+
+    def queues(self, site: str | None = None, status: str | None = None
+               ) -> list[dict[str, Any]]:
+        params = {k: v for k, v in (("site", site), ("status", status)) if v}
+        return self._call("GET", "/queue/list", params=params)
+
+    def queue(self, name: str) -> dict[str, Any]:
+        return self._call("GET", f"/queue/{quote(name, safe='')}")
+
+    def job_log(self, job_id: int, dest: str | Path, max_bytes: int = 256 * 1024 * 1024
+                ) -> Path:
+        """Download the job's log tarball to ``dest`` (at most ``max_bytes``); on any
+        failure nothing is left at ``dest``."""
+        dest = Path(dest)
+        part = dest.with_name(f".{dest.name}.part")
+        try:
+            with self._http.stream("GET", f"/api/v1/job/{job_id}/log") as resp:
+                if resp.status_code != 200:
+                    resp.read()
+                    try:
+                        message = resp.json().get("message") or resp.reason_phrase
+                    except ValueError:
+                        message = f"{resp.status_code}: {resp.text[:200]}"
+                    raise DawmsError(message, resp.status_code)
+                got = 0
+                with open(part, "wb") as f:
+                    for chunk in resp.iter_bytes(1 << 20):
+                        got += len(chunk)
+                        if got > max_bytes:
+                            raise DawmsError(f"the log of job {job_id} is over {max_bytes} "
+                                             "bytes", 413)
+                        f.write(chunk)
+            part.replace(dest)
+        except httpx.HTTPError as exc:
+            raise DawmsError(f"cannot reach the dawms server at {self._http.base_url}: {exc}",
+                             0) from None
+        finally:
+            part.unlink(missing_ok=True)
+        return dest

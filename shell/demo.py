@@ -167,20 +167,24 @@ def _wait_ping(url: str, proc: subprocess.Popen[bytes], timeout: float = 60) -> 
 
 
 def _progress_table(summary: dict[str, Any], elapsed: float):  # type: ignore[no-untyped-def]
-    from rich.table import Table
+    """Jobs by site and state, only the states some job is in, so it fits 80 columns
+    (``commands._common.make_table`` folds instead of cutting)."""
+    from rich.console import Group
+    from rich.text import Text
+
+    from .commands._common import make_table
 
     states = ["defined", "waiting", "assigned", "activated", "sent", "starting", "running",
-              "holding", "finished", "failed"]
-    table = Table(title=f"dawms demo: jobs by site and state ({elapsed:.0f} s)")
-    table.add_column("site")
-    for st in states:
-        table.add_column(st, justify="right")
-    for site, counts in sorted(summary["jobs_by_site"].items()):
-        table.add_row(site, *[str(counts.get(st, "")) for st in states])
-    table.caption = (f"tasks {summary['tasks']} | replicated {summary['files_replicated']} files"
-                     f" / {summary['bytes_replicated']} B | outputs registered "
-                     f"{summary['outputs_registered']}")
-    return table
+              "holding", "transferring", "finished", "failed"]
+    by_site = summary["jobs_by_site"]
+    shown = [st for st in states if any(c.get(st) for c in by_site.values())]
+    rows = [{"site": site, **counts} for site, counts in sorted(by_site.items())]
+    table = make_table(f"dawms demo: jobs by site and state ({elapsed:.0f} s)", rows,
+                       ["site", *shown])
+    caption = Text(f"tasks {summary['tasks']} | replicated {summary['files_replicated']} "
+                   f"files / {summary['bytes_replicated']} B | outputs registered "
+                   f"{summary['outputs_registered']}")
+    return Group(table, caption)
 
 
 def _verify_outputs(db_url: str) -> tuple[int, list[str]]:

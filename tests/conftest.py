@@ -39,6 +39,15 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):  # type
         rep.longrepr = f"skipped, but DAWMS_NO_SKIP=1 forbids skips: {rep.longrepr}"
 
 
+@pytest.fixture(autouse=True)
+def _no_user_client_config(tmp_path_factory: pytest.TempPathFactory,
+                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """No test reads the real user's client config: ``XDG_CONFIG_HOME`` is a fresh
+    empty directory (and ``$DAWMS_CONFIG`` unset) in every test."""
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path_factory.mktemp("xdg-config")))
+    monkeypatch.delenv("DAWMS_CONFIG", raising=False)
+
+
 @pytest.fixture(scope="session")
 def pg_server_url() -> Iterator[str]:
     """A fresh PostgreSQL database for this test session; dropped at the end."""

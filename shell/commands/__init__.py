@@ -4,6 +4,22 @@
 
 from __future__ import annotations
 
-from . import data, explain, factory, jobs, service, sites, staging, tasks, tokens
+from . import (
+    browse,
+    completion,
+    config,
+    data,
+    explain,
+    factory,
+    joblog,
+    jobs,
+    progress,
+    service,
+    sites,
+    staging,
+    tasks,
+    tokens,
+)
 
-MODULES = [service, sites, data, tasks, jobs, staging, explain, tokens, factory]
+MODULES = [service, sites, data, browse, tasks, progress, jobs, joblog, staging, explain, tokens,
+           config, factory, completion]

@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from ..settings import Settings
-from ._common import Groups
+from ._common import Groups, print_json
 
 
 def cmd_data_upload(args: argparse.Namespace, st: Settings) -> int:
@@ -40,7 +40,10 @@ def cmd_data_upload(args: argparse.Namespace, st: Settings) -> int:
     except DDMError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    print(f"{len(files)} files in {args.dataset} at {args.endpoint}")
+    if args.json:
+        print_json({"dataset": args.dataset, "endpoint": args.endpoint, "files": len(files)})
+    else:
+        print(f"{len(files)} files in {args.dataset} at {args.endpoint}")
     return 0
 
 
@@ -51,4 +54,5 @@ def register(groups: Groups) -> None:
     up.add_argument("dataset", help="scope:name")
     up.add_argument("files", nargs="+")
     up.add_argument("--endpoint", required=True)
+    up.add_argument("--json", action="store_true")
     up.set_defaults(fn=cmd_data_upload)

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 
+from dawms.catalog.states import JobState
+
 from ..settings import Settings
-from ._common import Groups, client, print_json, table
+from ._common import Groups, client, fields, print_json, state_choices, table
 
 
 def cmd_job_list(args: argparse.Namespace, st: Settings) -> int:
@@ -15,7 +17,8 @@ def cmd_job_list(args: argparse.Namespace, st: Settings) -> int:
         print_json(jobs)
         return 0
     table("jobs", jobs, ["id", "task_id", "job_index", "attempt", "state", "queue",
-                          "error_category"])
+                          "error_category"],
+          {"task_id": "task", "job_index": "index", "error_category": "error"})
     return 0
 
 
@@ -25,9 +28,9 @@ def cmd_job_show(args: argparse.Namespace, st: Settings) -> int:
     if args.json:
         print_json(j)
         return 0
-    for key in ("id", "task_id", "job_index", "attempt", "state", "queue", "pilot_id",
-                "exit_code", "error_category", "error_diag", "metrics"):
-        print(f"{key:>15}: {j[key]}")
+    fields((k, j[k]) for k in ("id", "task_id", "job_index", "attempt", "state", "queue",
+                               "pilot_id", "exit_code", "error_category", "error_diag",
+                               "metrics", "created_at", "started_at", "ended_at"))
     table("files", j["files"], ["type", "lfn", "dataset", "size", "adler32", "registered"])
     table("history", j["history"], ["at", "from", "to", "attempt", "actor", "reason"])
     return 0
@@ -78,7 +81,7 @@ def register(groups: Groups) -> None:
     jk.set_defaults(fn=cmd_job_kill)
     jl = job.add_parser("list")
     jl.add_argument("--task", type=int)
-    jl.add_argument("--state")
+    jl.add_argument("--state", choices=state_choices(JobState))
     jl.add_argument("--limit", type=int, default=1000)
     jl.add_argument("--json", action="store_true")
     jl.set_defaults(fn=cmd_job_list)

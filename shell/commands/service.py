@@ -30,6 +30,23 @@ def is_loopback(host: str) -> bool:
                                for i in infos)
 
 
+def banner(host: str, port: int, db_url: str, ddm: str, auth: str,
+           daemons: list[str] | None) -> str:
+    """What ``dawms server`` says on start: where it listens, its database (without
+    password), the DDM backend and which daemons run in this process."""
+    from sqlalchemy.engine import make_url
+
+    try:
+        shown_db = make_url(db_url).render_as_string(hide_password=True)
+    except Exception:  # an unparsable URL fails later with its own error; show no part of it
+        shown_db = "(unparsable URL)"
+    url_host = f"[{host}]" if ":" in host else host
+    ran = ", ".join(daemons) if daemons else "none here (--no-scheduler)"
+    return "\n".join([f"dawms server on http://{url_host}:{port}  (auth {auth}; clients: "
+                      f"DAWMS_SERVER=http://{url_host}:{port})",
+                      f"  database: {shown_db}", f"  DDM: {ddm}", f"  daemons: {ran}"])
+
+
 def cmd_server(args: argparse.Namespace, st: Settings) -> int:
     import uvicorn
     from pydantic import ValidationError
@@ -51,8 +68,12 @@ def cmd_server(args: argparse.Namespace, st: Settings) -> int:
         return 2
     db = Database(st.db_url)
     db.upgrade()
-    app = create_app(db, get_ddm(st.ddm), SchedulerConfig.from_env(),
+    ddm = get_ddm(st.ddm)
+    app = create_app(db, ddm, SchedulerConfig.from_env(),
                      with_scheduler=args.scheduler, settings=server_settings)
+    sched = app.state.scheduler
+    print(banner(args.host, args.port, st.db_url, st.ddm, server_settings.auth,
+                 list(sched.daemons) if sched else None), flush=True)
     try:  # with --no-scheduler on PostgreSQL, commits still NOTIFY schedulers elsewhere
         uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level,
                     access_log=False)

@@ -1,21 +1,48 @@
-"""Tasks: submit, list, show, kill."""
+"""Tasks: submit, list, show (with progress and ETA), kill.
+
+A task file is refused before it is sent if it does not parse, is not a table, or
+holds a value JSON cannot carry (NaN, infinity), naming the key."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import tomllib
-from pathlib import Path
 from typing import Any
 
+from dawms.catalog.states import TaskState
+
 from ..settings import Settings
-from ._common import Groups, client, print_json, table
+from ._common import Groups, client, fields, print_json, state_choices, table
+from .progress import summary_lines
+
+MAX_SPEC_BYTES = 1024 * 1024
 
 
 def _load_spec(path: str) -> dict[str, Any]:
-    text = Path(path).read_text()
-    return json.loads(text) if path.endswith(".json") else tomllib.loads(text)
+    with open(path, "rb") as f:
+        raw = f.read(MAX_SPEC_BYTES + 1)
+    if len(raw) > MAX_SPEC_BYTES:
+        raise ValueError(f"over {MAX_SPEC_BYTES} bytes; a task file is smaller")
+    text = raw.decode()
+    spec = json.loads(text) if path.endswith(".json") else tomllib.loads(text)
+    if not isinstance(spec, dict):
+        raise ValueError("a task file is a table (TOML) or an object (JSON)")
+    _check_finite(spec, "")
+    return spec
+
+
+def _check_finite(value: Any, where: str) -> None:
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"{where or 'a value'} is {value}; use a finite number")
+    if isinstance(value, dict):
+        for k, v in value.items():
+            _check_finite(v, f"{where}.{k}" if where else str(k))
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            _check_finite(v, f"{where}[{i}]")
 
 
 def cmd_task_submit(args: argparse.Namespace, st: Settings) -> int:
@@ -51,12 +78,15 @@ def cmd_task_list(args: argparse.Namespace, st: Settings) -> int:
 def cmd_task_show(args: argparse.Namespace, st: Settings) -> int:
     with client(args) as c:
         t = c.task(args.id)
-    if args.json:
-        print_json(t)
-        return 0
-    for key in ("id", "name", "owner", "state", "priority", "input_datasets", "output_dataset",
-                "split", "resources", "jobs", "error"):
-        print(f"{key:>15}: {t[key]}")
+        if args.json:
+            print_json({**t, "progress": c.task_progress(args.id)})
+            return 0
+    with client(args) as c:
+        p = c.task_progress(args.id)
+    fields((k, t[k]) for k in ("id", "name", "owner", "state", "priority", "input_datasets",
+                               "output_dataset", "split", "resources", "error",
+                               "created_at", "updated_at"))
+    print("\n".join(summary_lines(p)))
     table("history", t["history"], ["at", "from", "to", "actor", "reason"])
     return 0
 
@@ -83,7 +113,7 @@ def register(groups: Groups) -> None:
     ts.add_argument("--json", action="store_true")
     ts.set_defaults(fn=cmd_task_submit)
     tl = task.add_parser("list")
-    tl.add_argument("--state")
+    tl.add_argument("--state", choices=state_choices(TaskState))
     tl.add_argument("--limit", type=int, default=100)
     tl.add_argument("--json", action="store_true")
     tl.set_defaults(fn=cmd_task_list)

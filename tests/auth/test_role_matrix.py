@@ -55,6 +55,15 @@ POLICY: dict[tuple[str, str], set[str] | None] = {  # None: public, no token nee
     ("GET", "/api/v1/job/{job_id}/explain"): ALL,
     ("GET", "/api/v1/task/{task_id}/explain"): ALL,
     ("POST", "/api/v1/task/dry_run"): MANAGERS,
+    ("GET", "/api/v1/task/{task_id}/progress"): ALL,
+    ("GET", "/api/v1/job/{job_id}/log"): ALL,
+    ("GET", "/api/v1/dataset/list"): ALL,
+    ("GET", "/api/v1/dataset/{scope}/{name}"): ALL,
+    ("GET", "/api/v1/request/list"): ALL,
+    ("GET", "/api/v1/site/list"): ALL,
+    ("GET", "/api/v1/site/{name}"): ALL,
+    ("GET", "/api/v1/queue/list"): ALL,
+    ("GET", "/api/v1/queue/{name}"): ALL,
 }
 
 
@@ -146,6 +155,15 @@ def _samples(world: World) -> dict[tuple[str, str], dict[str, Any]]:
         ("GET", "/api/v1/job/{job_id}/explain"): {"path": {"job_id": prod_jobs[0]}},
         ("GET", "/api/v1/task/{task_id}/explain"): {"path": {"task_id": world.alice_task}},
         ("POST", "/api/v1/task/dry_run"): {"json": _spec()},
+        ("GET", "/api/v1/task/{task_id}/progress"): {"path": {"task_id": world.alice_task}},
+        ("GET", "/api/v1/job/{job_id}/log"): {"path": {"job_id": prod_jobs[0]}},
+        ("GET", "/api/v1/dataset/list"): {},
+        ("GET", "/api/v1/dataset/{scope}/{name}"): {"path": {"scope": "matrix", "name": "raw"}},
+        ("GET", "/api/v1/request/list"): {},
+        ("GET", "/api/v1/site/list"): {},
+        ("GET", "/api/v1/site/{name}"): {"path": {"name": "SITE_A"}},
+        ("GET", "/api/v1/queue/list"): {},
+        ("GET", "/api/v1/queue/{name}"): {"path": {"name": "SITE_A_PROD"}},
     }
 
 
