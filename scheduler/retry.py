@@ -22,7 +22,7 @@ from .generate import Piece, create_jobs
 
 ACTOR = "scheduler:retry"
 # Failures that another attempt cannot mend.
-NO_RETRY = frozenset({"cancelled"})
+NO_RETRY = frozenset({"cancelled", "bad_data"})  # bad_data: every copy of an input is bad
 
 
 def retry_failed(session: Session, job_ids: Iterable[int], now: datetime) -> list[int]:

@@ -122,6 +122,12 @@ class Client:
         return self._call("POST", "/staging/priority",
                           json={"request_ids": request_ids, "priority": priority})
 
+    def declare_bad(self, replicas: list[tuple[str, str]], reason: str) -> dict[str, Any]:
+        """Mark ``(scope:name, endpoint)`` replicas bad; per replica what became of it."""
+        return self._call("POST", "/replica/declare_bad", json={
+            "replicas": [{"did": did, "endpoint": ep} for did, ep in replicas],
+            "reason": reason})
+
     def summary(self, task_id: int | None = None) -> dict[str, Any]:
         return self._call("GET", "/summary",
                           params={"task_id": task_id} if task_id is not None else {})

@@ -16,6 +16,8 @@ from .job import InputFile, JobSpec, Movers, OutputSpec
 from .protocol import (
     ACQUIRE_JOBS,
     API,
+    BAD_REPLICA_REASONS,
+    DAMAGE_REASONS,
     ERROR_CATEGORIES,
     FINAL_REPORT_STATES,
     HTTP_STALE,
@@ -23,12 +25,14 @@ from .protocol import (
     REPORTABLE_STATES,
     UPDATE_JOB,
     UPDATE_JOBS_BULK,
+    BadReplicaReason,
     Command,
     ErrorCategory,
 )
 from .reports import (
     AcquireReply,
     AcquireRequest,
+    BadReplicaReport,
     BulkResult,
     BulkUpdate,
     JobReport,
@@ -37,8 +41,10 @@ from .reports import (
 )
 
 __all__ = [
-    "ACQUIRE_JOBS", "API", "ERROR_CATEGORIES", "FINAL_REPORT_STATES", "HTTP_STALE", "PING",
-    "REPORTABLE_STATES", "UPDATE_JOB", "UPDATE_JOBS_BULK", "AcquireReply", "AcquireRequest",
-    "BulkResult", "BulkUpdate", "Command", "ErrorCategory", "InputFile", "JobReport", "JobSpec",
-    "Movers", "OutputReport", "OutputSpec", "Record", "UpdateReply", "WireError",
+    "ACQUIRE_JOBS", "API", "BAD_REPLICA_REASONS", "DAMAGE_REASONS", "ERROR_CATEGORIES",
+    "FINAL_REPORT_STATES", "HTTP_STALE", "PING", "REPORTABLE_STATES", "UPDATE_JOB",
+    "UPDATE_JOBS_BULK", "AcquireReply", "AcquireRequest", "BadReplicaReason",
+    "BadReplicaReport", "BulkResult", "BulkUpdate", "Command", "ErrorCategory", "InputFile",
+    "JobReport", "JobSpec", "Movers", "OutputReport", "OutputSpec", "Record", "UpdateReply",
+    "WireError",
 ]

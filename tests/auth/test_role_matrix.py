@@ -51,6 +51,7 @@ POLICY: dict[tuple[str, str], set[str] | None] = {  # None: public, no token nee
     ("GET", "/api/v1/staging/list"): ALL,
     ("POST", "/api/v1/staging/cancel"): {"admin", "production"},
     ("POST", "/api/v1/staging/priority"): {"admin", "production"},
+    ("POST", "/api/v1/replica/declare_bad"): {"admin", "production"},
 }
 
 
@@ -137,6 +138,9 @@ def _samples(world: World) -> dict[tuple[str, str], dict[str, Any]]:
         ("GET", "/api/v1/staging/list"): {},
         ("POST", "/api/v1/staging/cancel"): {"json": {"request_ids": [1]}},
         ("POST", "/api/v1/staging/priority"): {"json": {"request_ids": [1], "priority": 5}},
+        ("POST", "/api/v1/replica/declare_bad"): {"json": {
+            "replicas": [{"did": "auth:nosuchfile", "endpoint": "SITE_A_DISK"}],
+            "reason": "matrix"}},
     }
 
 
