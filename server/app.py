@@ -12,6 +12,7 @@ resolved from the settings here. Auth is on unless ``DAWMS_AUTH=off``.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -65,6 +66,7 @@ def create_app(db: Database, ddm: DDM, cfg: SchedulerConfig | None = None, *,
                               "bearer token; bodies are bounded (x-max-body-bytes).")
     app.state.db, app.state.ddm, app.state.cfg = db, ddm, cfg
     app.state.scheduler = scheduler
+    app.state.started = time.monotonic()
     app.state.queue_cache = {}
     app.state.settings, app.state.verifier = settings, verifier
     envelope.install(app)
