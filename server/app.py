@@ -26,7 +26,7 @@ from dawms.scheduler.config import SchedulerConfig
 from dawms.scheduler.runner import Scheduler
 
 from . import ddm as ddm_routes
-from . import envelope, factory, health, keys, limits, pilot, replicas, staging, user
+from . import envelope, factory, health, keys, limits, metrics, pilot, replicas, staging, user
 from .auth import ANY
 from .schemas import Envelope
 from .settings import ServerSettings
@@ -71,8 +71,9 @@ def create_app(db: Database, ddm: DDM, cfg: SchedulerConfig | None = None, *,
     app.state.settings, app.state.verifier = settings, verifier
     envelope.install(app)
     app.include_router(health.router)
+    metrics.install(app, db)
     for router in (pilot.router, user.router, ddm_routes.router, factory.router,
-                   staging.router, replicas.router):
+                   staging.router, replicas.router, metrics.router):
         app.include_router(router, responses=envelope.ERROR_RESPONSES)
 
     @app.get("/api/v1/ping", tags=["monitor"], response_model=Envelope,

@@ -141,6 +141,7 @@ ANY = Rule("any authenticated caller", ("production", "analyst", "reader", "pilo
 SUBMIT = Rule("submit tasks", ("production", "analyst"))
 MANAGE = Rule("manage tasks and jobs", ("production", "analyst"))
 STAGING = Rule("steer tape staging", ("production",))  # shared tape quotas: operators only
+METRICS = Rule("read metrics", ("reader",))  # Prometheus scrapes with a reader token
 REPLICAS = Rule("declare replicas bad", ("production",))  # makes the DDM copy data again
 PILOT = Rule("pilot", ("pilot",))
 FACTORY = Rule("pilot factory", ("factory",))

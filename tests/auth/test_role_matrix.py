@@ -29,6 +29,7 @@ POLICY: dict[tuple[str, str], set[str] | None] = {  # None: public, no token nee
     ("GET", "/openapi.json"): None,
     ("GET", "/healthz"): None,
     ("GET", "/readyz"): None,
+    ("GET", "/metrics"): {"admin", "reader"},
     ("GET", "/api/v1/ping"): ALL,
     ("POST", "/api/v1/pilot/acquire_jobs"): {"admin", "pilot"},
     ("POST", "/api/v1/pilot/update_job"): {"admin", "pilot"},
@@ -136,6 +137,7 @@ def _samples(world: World) -> dict[tuple[str, str], dict[str, Any]]:
         ("GET", "/api/v1/factory/demand"): {"params": {"queue": "SITE_A_PROD"}},
         ("POST", "/api/v1/factory/pilot_token"): {"json": {"queues": ["SITE_A_PROD"]}},
         ("GET", "/api/v1/staging/list"): {},
+        ("GET", "/metrics"): {},
         ("POST", "/api/v1/staging/cancel"): {"json": {"request_ids": [1]}},
         ("POST", "/api/v1/staging/priority"): {"json": {"request_ids": [1], "priority": 5}},
         ("POST", "/api/v1/replica/declare_bad"): {"json": {
