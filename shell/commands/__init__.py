@@ -4,6 +4,6 @@
 
 from __future__ import annotations
 
-from . import data, jobs, replica, service, sites, staging, tasks, tokens
+from . import data, dbcheck, jobs, replica, service, sites, staging, tasks, tokens
 
-MODULES = [service, sites, data, tasks, jobs, staging, replica, tokens]
+MODULES = [service, dbcheck, sites, data, tasks, jobs, staging, replica, tokens]
