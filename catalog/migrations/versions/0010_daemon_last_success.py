@@ -1,7 +1,7 @@
 """daemon leases record each daemon's last successful run (for /readyz and /metrics)
 
-Revision ID: 0008
-Revises: 0007
+Revision ID: 0010
+Revises: 0009
 Create Date: 2026-12-01 21:35:00.000000
 """
 
@@ -12,8 +12,8 @@ from alembic import op
 
 import dawms.catalog.models
 
-revision = '0008'
-down_revision = '0007'
+revision = '0010'
+down_revision = '0009'
 branch_labels = None
 depends_on = None
 
