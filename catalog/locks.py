@@ -34,6 +34,14 @@ def acquire(session: Session, name: str, holder: str, ttl: timedelta, now: datet
     return True
 
 
+def succeeded(session: Session, name: str, holder: str, now: datetime,
+              duration_s: float) -> None:
+    """Record that ``holder`` just ran ``name`` to the end (only while it holds the lease)."""
+    session.execute(update(DaemonLock)
+                    .where(DaemonLock.name == name, DaemonLock.holder == holder)
+                    .values(last_success_at=now, last_duration_s=duration_s))
+
+
 def release(session: Session, holder: str) -> None:
     """Give up every lease of ``holder`` (on a clean shutdown)."""
     session.execute(delete(DaemonLock).where(DaemonLock.holder == holder))

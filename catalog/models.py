@@ -377,12 +377,15 @@ class DDMEvent(Base):
 
 
 class DaemonLock(Base):
-    """Which scheduler instance runs a daemon now: a lease, renewed on every run."""
+    """Which scheduler instance runs a daemon now: a lease, renewed on every run, and when
+    the daemon last ran to the end without an error (``/readyz``, ``/metrics``)."""
 
     __tablename__ = "daemon_lock"
     name: Mapped[str] = mapped_column(String(64), primary_key=True)
     holder: Mapped[str] = mapped_column(String(255))
     acquired_until: Mapped[datetime] = mapped_column()
+    last_success_at: Mapped[datetime | None] = mapped_column(nullable=True)
+    last_duration_s: Mapped[float | None] = mapped_column(nullable=True)
 
 
 # ---------------------------------------------------------------- trust

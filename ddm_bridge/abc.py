@@ -48,6 +48,17 @@ class FileInfo:
     events: int | None = None
 
 
+@dataclass(frozen=True)
+class BadReplica:
+    """One replica the catalog just marked ``bad``: which file, at which endpoint."""
+
+    replica_id: int
+    file_id: int
+    scope: str
+    name: str
+    endpoint: StorageEndpoint
+
+
 class Outcome(StrEnum):
     """How a data request ended, as a backend reports it."""
 
@@ -164,6 +175,14 @@ class DDM(ABC):
         open (it may read whole files): output registration compares the pilot's report
         with it and refuses a mismatch. The default can tell nothing."""
         return {}
+
+    @abstractmethod
+    def declare_bad(self, session: Session, bad: list[BadReplica], reason: str) -> list[int]:
+        """Tell the DDM that the replicas ``bad`` (already ``bad`` in the catalog, through
+        ``transition()``) hold damaged bytes, so it repairs or forgets them (local: a new
+        copy from an intact source; Rucio: ``declare_bad_file_replicas``). Returns the
+        catalog ids of the files a repair was asked for. The DDM being unreachable must
+        not undo the catalog's marking: a backend logs it and returns."""
 
     def subscribe(self, session: Session, sub: Subscription) -> str:
         """Create the standing order ``sub`` in the DDM; returns the DDM's id for it.

@@ -12,6 +12,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
+from prometheus_client import Counter
 from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -21,6 +22,11 @@ from dawms.catalog.states import Entity, RequestState
 from dawms.catalog.transition import transition_many
 
 from .abc import RequestReport
+
+# every data event this process took, by where it came from, its outcome and what it did
+# (applied | duplicate | stale): duplicates and reordering show here, not in the catalog
+DDM_EVENTS = Counter("dawms_ddm_events", "DDM events taken, by source, outcome and result",
+                     ["source", "outcome", "result"])
 
 OUTCOMES = {"done": RequestState.DONE, "failed": RequestState.FAILED,
             "cancelled": RequestState.CANCELLED}
@@ -60,6 +66,14 @@ def apply_request_outcome(session: Session, *, source: str, dedup_key: str,
     req = session.scalar(query)
     if req is None:
         raise LookupError(f"no data request {request_id or external_id!r}")
+    result = _apply(session, req, source=source, dedup_key=dedup_key, outcome=outcome,
+                    now=now, error=error)
+    DDM_EVENTS.labels(source[:32], outcome, result).inc()
+    return result
+
+
+def _apply(session: Session, req: DataRequest, *, source: str, dedup_key: str, outcome: str,
+           now: datetime, error: str) -> str:
     if not record(session, source=source, dedup_key=dedup_key, kind=f"request_{outcome}",
                   payload={"request_id": req.id, "external_id": req.external_id,
                            "error": error}, now=now):

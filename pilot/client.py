@@ -26,6 +26,7 @@ from dawms import wire
 from dawms.wire import (
     AcquireReply,
     AcquireRequest,
+    BadReplicaReport,
     BulkResult,
     BulkUpdate,
     CommandQuery,
@@ -152,13 +153,15 @@ class PilotClient:
         error_category: str = "",
         error_diag: str = "",
         outputs: list[OutputReport] | None = None,
+        bad_replicas: list[BadReplicaReport] | None = None,
         cancel: threading.Event | None = None,
     ) -> str | None:
         """Send a heartbeat or a report; return the server's command (or None).
 
         Setting ``cancel`` stops the retries (``ServerUnavailable``)."""
         body = update_body(ref, state, metrics=metrics, exit_code=exit_code,
-                           error_category=error_category, error_diag=error_diag, outputs=outputs)
+                           error_category=error_category, error_diag=error_diag, outputs=outputs,
+                           bad_replicas=bad_replicas)
         data = self._post(wire.UPDATE_JOB, body.to_dict(), cancel=cancel)
         try:
             return UpdateReply.from_dict(data or {}).command
@@ -220,6 +223,7 @@ def update_body(
     error_category: str = "",
     error_diag: str = "",
     outputs: list[OutputReport] | None = None,
+    bad_replicas: list[BadReplicaReport] | None = None,
 ) -> JobReport:
     """The update_job report (also one item of a bulk update); ``WireError`` (a
     ``ValueError``) for a state a pilot may not report or an unknown error category."""
@@ -228,6 +232,7 @@ def update_body(
         "state": state, "metrics": dict(metrics or {}), "exit_code": exit_code,
         "error_category": error_category, "error_diag": error_diag[:wire.reports.DIAG_MAX],
         "outputs": [o.to_dict() for o in outputs or []],
+        "bad_replicas": [b.to_dict() for b in bad_replicas or []],
     })
 
 

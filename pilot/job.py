@@ -27,9 +27,17 @@ from dawms.pilot.commands import CommandPoller
 from dawms.pilot.heartbeat import Heartbeat
 from dawms.pilot.log import LOG_MEMBERS, PILOT_LOG_NAME, make_log_tarball, write_job_spec
 from dawms.pilot.payload import STDERR_NAME, Payload, PayloadError, PayloadResult, build_command
-from dawms.pilot.stagein import StageInError, direct_inputs, stage_in
+from dawms.pilot.stagein import StageInError, bad_replicas, direct_inputs, stage_in
 from dawms.pilot.stageout import StageOutError, stage_out_log, stage_out_outputs
-from dawms.wire import Command, InputFile, JobSpec, OutputReport, OutputSpec, WireError
+from dawms.wire import (
+    BadReplicaReport,
+    Command,
+    InputFile,
+    JobSpec,
+    OutputReport,
+    OutputSpec,
+    WireError,
+)
 from dawms.wire.command import payload_env
 from dawms.wire.names import check_name, check_scope, name_problem, split_did
 
@@ -89,6 +97,7 @@ class JobRunner:
         self.sample_every_s = sample_every_s  # the payload's process tree is read this often
         self.metrics: dict[str, float | int] = {"bytes_in": 0, "bytes_out": 0}
         self.exit_code: int | None = None  # the payload's, once it ended
+        self.bad_replicas: list[BadReplicaReport] = []  # given up in stage-in: reported
         self._abort: tuple[str, str] | None = None
         self._payload: Payload | None = None
         self._report_lock = threading.Lock()  # reports and heartbeats go out one at a time
@@ -159,6 +168,8 @@ class JobRunner:
         except _Failure as exc:
             failure = exc
         except (StageInError, PayloadError) as exc:
+            if isinstance(exc, StageInError):
+                self.bad_replicas = exc.bad
             failure = _Failure("stagein" if isinstance(exc, StageInError) else "payload", str(exc))
         except StageOutError as exc:
             failure = _Failure("stageout", str(exc))
@@ -178,7 +189,7 @@ class JobRunner:
             return JobResult(Outcome.FINISHED, exit_code=self.exit_code, outputs=outputs)
         diag = failure.diag[:_DIAG_MAX]
         self._report("failed", exit_code=self.exit_code, error_category=failure.category,
-                     error_diag=diag, outputs=outputs)
+                     error_diag=diag, outputs=outputs, bad_replicas=self.bad_replicas)
         return JobResult(Outcome.FAILED, failure.category, diag, self.exit_code, outputs)
 
     def _work(self, spec: JobSpec, heartbeat: Heartbeat) -> list[OutputReport]:
@@ -191,10 +202,11 @@ class JobRunner:
         else:
             staged = stage_in(spec, self.workdir, should_stop=lambda: self._abort is not None)
             self.metrics["bytes_in"] = sum(f.size for f in staged)
+            self.bad_replicas = bad_replicas(staged)
             names = [f.lfn for f in staged]
         self._raise_if_aborted()
         heartbeat.state = "running"  # before the report, so no 'starting' beat follows it
-        if self._report("running") == Command.KILL:
+        if self._report("running", bad_replicas=self.bad_replicas) == Command.KILL:
             self.abort("killed", "killed on the server's command")
         self._raise_if_aborted()
         result = self._run_payload(spec, names)

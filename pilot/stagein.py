@@ -5,6 +5,9 @@ preferences (``spec.movers.read``) say which schemes this site may read
 and in which order to fall back; within a scheme the server's order is kept.
 A replica that fails (unreachable, wrong size, wrong adler32) is skipped for
 the next one; when none works, ``StageInError`` lists every attempt.
+Every replica given up is kept as a ``BadReplicaReport`` (checksum, size, missing,
+or unreadable) on the staged file or on the error, so the job's report tells the
+server which copies are damaged.
 
 Nothing is fetched from outside the job's storage endpoints: a replica URL must
 lie under the URL prefix of one of the endpoints the spec lists
@@ -26,15 +29,27 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from dawms.storage.movers import MoverError, get_mover, scheme_of
+from dawms.storage.movers import (
+    ChecksumMismatch,
+    MoverError,
+    SizeMismatch,
+    get_mover,
+    scheme_of,
+)
 from dawms.storage.paths import PathEscape, check_component, confine_path, within_url
-from dawms.wire import InputFile, JobSpec
+from dawms.wire import BadReplicaReason, BadReplicaReport, InputFile, JobSpec
+from dawms.wire.job import URL_MAX
 
 log = logging.getLogger(__name__)
 
 
 class StageInError(Exception):
-    """No replica of an input could be copied and verified."""
+    """No replica of an input could be copied and verified; ``bad`` lists the replicas
+    given up on the way (of this input and of the inputs staged before it)."""
+
+    def __init__(self, message: str, bad: Sequence[BadReplicaReport] = ()) -> None:
+        super().__init__(message)
+        self.bad = list(bad)
 
 
 @dataclass(frozen=True)
@@ -45,6 +60,27 @@ class StagedFile:
     size: int
     adler32: str
     seconds: float
+    skipped: tuple[BadReplicaReport, ...] = ()  # replicas tried before ``url`` and given up
+
+
+_MISSING = (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)
+
+
+def classify(exc: MoverError) -> BadReplicaReason:
+    """Why a replica failed: damaged bytes, a missing file, or a storage that did not answer
+    (a transient error, or one that survived the mover's retries: not proof of damage)."""
+    if isinstance(exc, ChecksumMismatch):
+        return BadReplicaReason.CHECKSUM
+    if isinstance(exc, SizeMismatch) and not exc.retryable:  # not a truncated stream
+        return BadReplicaReason.SIZE
+    cause: BaseException | None = exc
+    for _ in range(8):  # the mover wraps what fsspec raised: look down the chain
+        if cause is None:
+            break
+        if isinstance(cause, _MISSING):
+            return BadReplicaReason.MISSING
+        cause = cause.__cause__ or cause.__context__
+    return BadReplicaReason.UNREADABLE
 
 
 def order_urls(urls: Sequence[str], preferred: Sequence[str] | None) -> list[str]:
@@ -84,18 +120,24 @@ def stage_in_file(
                 if u not in inside]
     attempts += [f"{u}: scheme not allowed by the queue ({', '.join(preferred or [])})"
                  for u in inside if u not in candidates]
+    bad: list[BadReplicaReport] = []
     for url in candidates:
         try:
             transfer = get_mover(url).get(url, dst, size=item.size, adler32=item.adler32)
         except MoverError as exc:
-            log.warning("stage-in of %s from %s failed: %s", lfn, url, exc)
+            reason = classify(exc)
+            log.warning("stage-in of %s from %s failed (%s): %s", lfn, url, reason, exc)
             attempts.append(f"{url}: {exc}")
+            if len(url) <= URL_MAX:
+                bad.append(BadReplicaReport(lfn=lfn, url=url, reason=reason,
+                                            detail=str(exc)[:500]))
             continue
         log.info("staged in %s from %s (%d bytes, %.2f s)", lfn, url, transfer.size,
                  transfer.seconds)
-        return StagedFile(lfn, dst, url, transfer.size, transfer.adler32, transfer.seconds)
+        return StagedFile(lfn, dst, url, transfer.size, transfer.adler32, transfer.seconds,
+                          tuple(bad))
     tried = "; ".join(attempts) if attempts else "no replica URL"
-    raise StageInError(f"{lfn}: every replica failed: {tried}")
+    raise StageInError(f"{lfn}: every replica failed: {tried}", bad)
 
 
 @dataclass(frozen=True)
@@ -144,9 +186,18 @@ def stage_in(
     """Stage in every input of ``spec``; stop early if ``should_stop()`` turns true."""
     preferred = spec.movers.read
     allowed = endpoint_prefixes(spec)
-    staged = []
+    staged: list[StagedFile] = []
     for item in spec.inputs:
+        before = [b for f in staged for b in f.skipped]
         if should_stop():
-            raise StageInError("stage-in interrupted")
-        staged.append(stage_in_file(item, workdir, preferred, allowed=allowed))
+            raise StageInError("stage-in interrupted", before)
+        try:
+            staged.append(stage_in_file(item, workdir, preferred, allowed=allowed))
+        except StageInError as exc:
+            raise StageInError(str(exc), before + exc.bad) from None
     return staged
+
+
+def bad_replicas(staged: Sequence[StagedFile]) -> list[BadReplicaReport]:
+    """Every replica given up while ``staged`` came in (for the ``running`` report)."""
+    return [b for f in staged for b in f.skipped]

@@ -10,6 +10,10 @@ pilot's adler32 is checked, not trusted: ``stored_outputs`` asks the DDM for the
 stored files' checksums (the local DDM reads their bytes) BEFORE the report's
 transaction opens, so no row lock is held while files are read, and a mismatch
 registers nothing and fails the job as a stage-out failure.
+Replicas the pilot gave up in stage-in (``bad_replicas``) are declared bad first
+(``badreplica.py``), and a ``stagein`` failure whose inputs have no good copy
+left fails as ``bad_data``, never retried: another attempt would read the same
+bytes.
 Every reply carries the job's pending command for its pilot (``tobekilled``);
 the ``failed`` report that follows a kill makes the job ``cancelled``.
 Final reports are idempotent: a pilot re-sends its final report until it is
@@ -34,6 +38,7 @@ from dawms.catalog.transition import StaleState, transition
 from dawms.ddm_bridge.abc import DDM, FileInfo, RegistrationError
 from dawms.wire import Command, JobReport, WireError
 
+from .badreplica import declare_bad, job_inputs_lost, replicas_of_report
 from .retry import retry_failed
 
 if TYPE_CHECKING:
@@ -123,8 +128,20 @@ def pilot_update(session: Session, ddm: DDM, report: JobReport | Mapping[str, An
     if path is None:
         raise StaleReport(f"job {job_id} is {current}; a report of {state.value} does not "
                           "follow from it")
+    if report.bad_replicas:
+        by_reason: dict[str, list[int]] = {}
+        for replica_id, why in replicas_of_report(session, ddm, job,
+                                                  report.bad_replicas).items():
+            by_reason.setdefault(why, []).append(replica_id)
+        for why, ids in by_reason.items():
+            declare_bad(session, ddm, ids, reason=f"job {job.id} stage-in: {why}"[:2000],
+                        actor=actor, now=now)
     if state == JobState.FAILED:
         diag = report.error_diag
+        category = report.error_category or "pilot"
+        if category == "stagein" and (lost := job_inputs_lost(session, job.id)):
+            category = "bad_data"
+            diag = f"no good replica left of {', '.join(lost[:10])}; {diag}"
         try:  # a failed job's log is welcome, but its failure is recorded regardless
             _register(session, ddm, job, report, types=("log",), required=False,
                       stored=stored)
@@ -134,7 +151,7 @@ def pilot_update(session: Session, ddm: DDM, report: JobReport | Mapping[str, An
         step(current, JobState.CANCELLED if killed else JobState.FAILED,
              "killed on request" if killed else diag[:500],
              exit_code=report.exit_code,
-             error_category="killed" if killed else (report.error_category or "pilot"),
+             error_category="killed" if killed else category,
              error_diag=diag[:4000])
         if not killed:
             retry_failed(session, [job.id], now)

@@ -25,7 +25,7 @@ from .generate import Piece, create_jobs
 
 ACTOR = "scheduler:retry"
 # Failures that another attempt cannot mend.
-NO_RETRY = frozenset({"cancelled", "killed"})
+NO_RETRY = frozenset({"cancelled", "killed", "bad_data"})  # bad_data: every copy is bad
 # Failures of the place, not of the job: the next attempt goes to another queue.
 ELSEWHERE = frozenset({"stagein", "stageout", "ddm", "pilot"})  # lost_heartbeat: anywhere
 OOM_EXIT = 137  # killed by SIGKILL: the batch system's (or the kernel's) memory limit

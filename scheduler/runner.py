@@ -17,6 +17,9 @@ sleeps only when idle: 1,500 defined jobs are brokered in three runs back to bac
 not one per interval.
 Several instances may share a catalog: before each run a daemon renews its
 lease in the DB (``catalog.locks``), and skips the run while another holds it.
+A run that ends without an error records its end and duration on the lease row
+(``/readyz`` and ``/metrics`` read it, from any process) and in the
+``dawms_daemon_cycle_seconds`` histogram of this process.
 """
 
 from __future__ import annotations
@@ -25,12 +28,14 @@ import logging
 import os
 import socket
 import threading
+import time
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.schedulers.background import BackgroundScheduler
+from prometheus_client import Counter, Histogram
 
 from dawms import carousel
 from dawms.catalog import events, locks
@@ -67,6 +72,10 @@ class _OverlapToDebug(logging.Filter):
 
 APS_LOG = logging.getLogger(f"{__name__}.apscheduler")
 APS_LOG.addFilter(_OverlapToDebug())
+DAEMON_CYCLE = Histogram("dawms_daemon_cycle_seconds", "how long one run of a daemon took",
+                         ["daemon"], buckets=(0.005, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10,
+                                              30, 60, 300))
+DAEMON_FAILURES = Counter("dawms_daemon_failures", "runs of a daemon that raised", ["daemon"])
 # a file arrived, a recall ended, a task went to staging or ended (its copies may go)
 CAROUSEL_WAKES = {(Entity.REPLICA.value, "available"), (Entity.TASK.value, TaskState.STAGING.value),
                   *((Entity.REQUEST.value, st.value) for st in RequestState
@@ -74,13 +83,22 @@ CAROUSEL_WAKES = {(Entity.REPLICA.value, "available"), (Entity.TASK.value, TaskS
                   *((Entity.TASK.value, st.value) for st in TASK_FINAL)}
 
 
+def expected_daemons(ddm: DDM, cfg: SchedulerConfig) -> dict[str, float]:
+    """Every daemon a scheduler over ``ddm`` runs, with its period (``/readyz`` checks each
+    one's last success, whichever process runs it)."""
+    core = ("refiner", "broker", "activator", "watcher", "finisher", "ddm_poller", "carousel")
+    return {**dict.fromkeys(core, cfg.interval_s),
+            **{spec.name: spec.interval_s for spec in ddm.daemons()}}
+
+
 class _Daemon:
     """One daemon: never two runs at once; wake-ups during a run cause one more run,
     and so does a full run (a ``Ran`` with ``full``): the next bunch is taken at once."""
 
     def __init__(self, name: str, fn: Callable[[], object],
-                 lease: Callable[[str], bool] | None = None) -> None:
-        self.name, self.fn, self.lease = name, fn, lease
+                 lease: Callable[[str], bool] | None = None,
+                 succeeded: Callable[[str, float], None] | None = None) -> None:
+        self.name, self.fn, self.lease, self.succeeded = name, fn, lease, succeeded
         self._lock = threading.Lock()
         self._running = False
         self._again = False
@@ -99,8 +117,13 @@ class _Daemon:
                 self._again = False
                 try:
                     if self.lease is None or self.lease(self.name):
+                        start = time.monotonic()
                         result = self.fn()
+                        took = time.monotonic() - start
                         self.runs += 1
+                        DAEMON_CYCLE.labels(self.name).observe(took)
+                        if self.succeeded is not None:
+                            self.succeeded(self.name, took)
                         if isinstance(result, Ran) and result.full:
                             self.full_runs += 1
                             with self._lock:
@@ -108,6 +131,7 @@ class _Daemon:
                     else:
                         self.skipped += 1
                 except Exception:
+                    DAEMON_FAILURES.labels(self.name).inc()
                     log.exception("daemon %s failed; the next run will try again", self.name)
                 with self._lock:
                     if not self._again:
@@ -149,7 +173,7 @@ class Scheduler:
             for key in spec.wake_on:
                 self._backend_wakes.setdefault(key, []).append(spec.name)
         self.daemons: dict[str, tuple[_Daemon, float]] = {
-            name: (_Daemon(name, fn, self._lease), interval)
+            name: (_Daemon(name, fn, self._lease, self._succeeded), interval)
             for name, (fn, interval) in fns.items()}
         self._aps = BackgroundScheduler(executors={"default": ThreadPoolExecutor(8)},
                                         job_defaults={"coalesce": True, "max_instances": 1,
@@ -160,6 +184,10 @@ class Scheduler:
     def _lease(self, name: str) -> bool:
         with self.db.session() as s:
             return locks.acquire(s, name, self.holder, self._lease_ttl, datetime.now(UTC))
+
+    def _succeeded(self, name: str, duration_s: float) -> None:
+        with self.db.session() as s:
+            locks.succeeded(s, name, self.holder, datetime.now(UTC), duration_s)
 
     def _activate(self) -> Ran:
         with self._req_lock:

@@ -12,6 +12,7 @@ resolved from the settings here. Auth is on unless ``DAWMS_AUTH=off``.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -34,7 +35,9 @@ from . import (
     joblog,
     keys,
     limits,
+    metrics,
     pilot,
+    replicas,
     staging,
     user,
 )
@@ -78,12 +81,15 @@ def create_app(db: Database, ddm: DDM, cfg: SchedulerConfig | None = None, *,
                               "bearer token; bodies are bounded (x-max-body-bytes).")
     app.state.db, app.state.ddm, app.state.cfg = db, ddm, cfg
     app.state.scheduler = scheduler
+    app.state.started = time.monotonic()
     app.state.queue_cache = {}
     app.state.settings, app.state.verifier = settings, verifier
     envelope.install(app)
     app.include_router(health.router)
+    metrics.install(app, db)
     for router in (pilot.router, commands.router, user.router, ddm_routes.router, factory.router,
-                   staging.router, explain.router, browse.router, joblog.router):
+                   staging.router, explain.router, browse.router, joblog.router, replicas.router,
+                   metrics.router):
         app.include_router(router, responses=envelope.ERROR_RESPONSES)
 
     @app.get("/api/v1/ping", tags=["monitor"], response_model=Envelope,

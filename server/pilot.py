@@ -29,6 +29,7 @@ from dawms.wire import BulkResult, JobReport
 from .auth import PILOT, Forbidden, check_queue, foreign_jobs
 from .envelope import DB_ERRORS, NotFound, db_error, ok
 from .limits import body_limit
+from .metrics import DISPATCH_SECONDS, DISPATCHED, REPORT_SECONDS, REPORTS, timed
 from .schemas import AcquireJobs, Envelope, JobUpdate, JobUpdates
 from .tokens import Principal
 
@@ -65,6 +66,11 @@ def acquire_jobs(body: AcquireJobs, request: Request,
                  who: Principal = Depends(PILOT)) -> dict[str, Any]:
     """Claim up to ``n_jobs`` activated jobs of the queue for this pilot."""
     check_queue(who, body.queue)
+    with timed(DISPATCH_SECONDS.labels(body.queue[:128])):
+        return _acquire(body, request)
+
+
+def _acquire(body: AcquireJobs, request: Request) -> dict[str, Any]:
     queue_id = _queue_id(request, body.queue)
     with request.app.state.db.session() as s:
         status = _status_now(s, queue_id, datetime.now(UTC))
@@ -82,11 +88,27 @@ def acquire_jobs(body: AcquireJobs, request: Request,
     # parsing the stored spec again on the hot path)
     jobs = [{**spec, "job_id": job_id, "attempt": attempt, "lease_token": token}
             for job_id, attempt, token, spec in rows]
+    if jobs:
+        DISPATCHED.labels(body.queue).inc(len(jobs))
     return ok({"jobs": jobs, "pending": pending,
                "command_poll_s": request.app.state.cfg.command_poll_s})
 
 
 def _apply(request: Request, update: JobUpdate) -> dict[str, Any]:
+    result = "refused"
+    try:
+        with timed(REPORT_SECONDS.labels(update.state)):
+            reply = _apply_report(request, update)
+        result = "ok"
+        return reply
+    except StaleReport:
+        result = "stale"
+        raise
+    finally:
+        REPORTS.labels(update.state, result).inc()
+
+
+def _apply_report(request: Request, update: JobUpdate) -> dict[str, Any]:
     db, ddm = request.app.state.db, request.app.state.ddm
     report = JobReport.from_dict(update.model_dump())
     stored = stored_outputs(db, ddm, report)  # outputs' bytes read before any row lock

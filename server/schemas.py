@@ -12,7 +12,7 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, WithJsonSchema
 
 from dawms.catalog.names import MAX_NAME, MIN_NAME, NAME_PATTERN, check_name
-from dawms.wire import ERROR_CATEGORIES, REPORTABLE_STATES
+from dawms.wire import BAD_REPLICA_REASONS, ERROR_CATEGORIES, REPORTABLE_STATES
 from dawms.wire import job as wire_job
 from dawms.wire import reports as wire_reports
 
@@ -77,6 +77,17 @@ class OutputFile(_PilotBody):
     adler32: str = Field(pattern=f"^{wire_job.ADLER32}$")
 
 
+class BadReplica(_PilotBody):
+    """``wire.BadReplicaReport``."""
+
+    lfn: str = Field(min_length=MIN_NAME, max_length=MAX_NAME, pattern=NAME_PATTERN,
+                     description="the input's file name")
+    url: str = Field(min_length=1, max_length=wire_job.URL_MAX,
+                     description="the replica URL of the job spec")
+    reason: Literal[BAD_REPLICA_REASONS]  # type: ignore[valid-type]
+    detail: str = Field("", max_length=500, description="what the mover said")
+
+
 MetricName = Annotated[str, Field(min_length=1, max_length=64)]
 # a number (an int stays an int, as the record keeps it)
 Metric = Annotated[int | float, Field(ge=-wire_reports.METRIC_MAX, le=wire_reports.METRIC_MAX,
@@ -97,6 +108,8 @@ class JobUpdate(_PilotBody):
     error_diag: str = Field("", max_length=wire_reports.DIAG_MAX)
     outputs: list[OutputFile] = Field(default_factory=list,
                                       max_length=wire_job.FILES_MAX + 1)
+    bad_replicas: list[BadReplica] = Field(default_factory=list,
+                                           max_length=wire_reports.BAD_REPLICAS_MAX)
 
 
 class JobUpdates(_PilotBody):

@@ -55,6 +55,8 @@ class ServerSettings(BaseSettings):
     pilot_token_max_s: int = Field(2 * 86400, ge=60,
                                    description="longest life of a factory-made pilot token")
     key_cache_s: float = Field(10.0, ge=0, description="how long verifying keys are cached")
+    ready_slack_s: float = Field(60.0, ge=0, description="/readyz: a daemon is late once its "
+                                 "last success is older than 3 intervals plus this")
     oidc_issuers: list[OIDCIssuer] = Field(default_factory=list, max_length=16)
     ddm_basic_users: dict[str, str] = Field(default_factory=dict)
 

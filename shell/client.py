@@ -132,6 +132,11 @@ class Client:
 
     def dry_run(self, spec: dict[str, Any]) -> dict[str, Any]:
         return self._call("POST", "/task/dry_run", json=spec)
+    def declare_bad(self, replicas: list[tuple[str, str]], reason: str) -> dict[str, Any]:
+        """Mark ``(scope:name, endpoint)`` replicas bad; per replica what became of it."""
+        return self._call("POST", "/replica/declare_bad", json={
+            "replicas": [{"did": did, "endpoint": ep} for did, ep in replicas],
+            "reason": reason})
 
     def summary(self, task_id: int | None = None) -> dict[str, Any]:
         return self._call("GET", "/summary",

@@ -48,12 +48,13 @@ from factories import claim, make_dataset
 NOW = datetime(2030, 1, 2, 3, 4, 5, tzinfo=UTC)
 RECORDS: list[type[wire.Record]] = [
     wire.InputFile, wire.OutputSpec, wire.Movers, wire.JobSpec, wire.AcquireRequest,
-    wire.AcquireReply, wire.OutputReport, wire.JobReport, wire.UpdateReply, wire.BulkUpdate,
-    wire.BulkResult, wire.CommandQuery,
+    wire.AcquireReply, wire.OutputReport, wire.BadReplicaReport, wire.JobReport,
+    wire.UpdateReply, wire.BulkUpdate, wire.BulkResult, wire.CommandQuery,
 ]
 # the server's pydantic body models and the record each one describes
 MODELS: dict[type[BaseModel], type[wire.Record]] = {
     schemas.AcquireJobs: wire.AcquireRequest, schemas.OutputFile: wire.OutputReport,
+    schemas.BadReplica: wire.BadReplicaReport,
     schemas.JobUpdate: wire.JobReport, schemas.JobUpdates: wire.BulkUpdate,
     commands.CommandQuery: wire.CommandQuery,
 }

@@ -16,6 +16,8 @@ from .job import InputFile, JobSpec, Movers, OutputSpec
 from .protocol import (
     ACQUIRE_JOBS,
     API,
+    BAD_REPLICA_REASONS,
+    DAMAGE_REASONS,
     ERROR_CATEGORIES,
     FINAL_REPORT_STATES,
     GET_COMMAND,
@@ -24,12 +26,14 @@ from .protocol import (
     REPORTABLE_STATES,
     UPDATE_JOB,
     UPDATE_JOBS_BULK,
+    BadReplicaReason,
     Command,
     ErrorCategory,
 )
 from .reports import (
     AcquireReply,
     AcquireRequest,
+    BadReplicaReport,
     BulkResult,
     BulkUpdate,
     CommandQuery,
@@ -39,9 +43,10 @@ from .reports import (
 )
 
 __all__ = [
-    "ACQUIRE_JOBS", "API", "ERROR_CATEGORIES", "FINAL_REPORT_STATES", "GET_COMMAND", "HTTP_STALE",
-    "PING", "REPORTABLE_STATES", "UPDATE_JOB", "UPDATE_JOBS_BULK", "AcquireReply",
-    "AcquireRequest", "BulkResult", "BulkUpdate", "Command", "CommandQuery", "ErrorCategory",
+    "ACQUIRE_JOBS", "API", "BAD_REPLICA_REASONS", "DAMAGE_REASONS", "ERROR_CATEGORIES",
+    "FINAL_REPORT_STATES", "GET_COMMAND", "HTTP_STALE", "PING", "REPORTABLE_STATES", "UPDATE_JOB",
+    "UPDATE_JOBS_BULK", "AcquireReply", "AcquireRequest", "BadReplicaReason",
+    "BadReplicaReport", "BulkResult", "BulkUpdate", "Command", "CommandQuery", "ErrorCategory",
     "InputFile", "JobReport", "JobSpec", "Movers", "OutputReport", "OutputSpec", "Record",
     "UpdateReply", "WireError",
 ]

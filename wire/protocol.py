@@ -46,6 +46,24 @@ class ErrorCategory(StrEnum):
     WALLTIME = "walltime"  # the payload ran past its walltime; the pilot killed it
     MEMORY = "memory"  # the payload's process tree went over the job's memory; killed
     KILLED = "killed"  # on the server's command, or the pilot was told to stop
+    # set by the server, never reported: every replica of an input is bad or gone, so
+    # another attempt would read the same bytes (no retry)
+    BAD_DATA = "bad_data"
 
 
 ERROR_CATEGORIES: tuple[str, ...] = tuple(c.value for c in ErrorCategory)
+
+
+class BadReplicaReason(StrEnum):
+    """Why the pilot gave up a replica during stage-in (one entry per replica tried)."""
+
+    CHECKSUM = "checksum"  # the bytes' adler32 (or the storage's checksum) is not the catalog's
+    SIZE = "size"  # the replica holds another number of bytes than the catalog says
+    MISSING = "missing"  # the storage says the file is not there (or may not be read)
+    UNREADABLE = "unreadable"  # the storage did not answer (an outage): not proof of damage
+
+
+BAD_REPLICA_REASONS: tuple[str, ...] = tuple(r.value for r in BadReplicaReason)
+# the reasons that prove a replica damaged: the server marks it ``bad``
+DAMAGE_REASONS = frozenset({BadReplicaReason.CHECKSUM, BadReplicaReason.SIZE,
+                            BadReplicaReason.MISSING})

@@ -13,9 +13,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .fields import INT32_MAX, INT64_MAX, Record, bounded
-from .job import ADLER32, FILES_MAX, JobSpec
+from .job import ADLER32, FILES_MAX, URL_MAX, JobSpec
 from .names import MAX_NAME, MIN_NAME, NAME_PATTERN
-from .protocol import ERROR_CATEGORIES, REPORTABLE_STATES, Command
+from .protocol import BAD_REPLICA_REASONS, ERROR_CATEGORIES, REPORTABLE_STATES, Command
 
 BULK_MAX = 1000  # updates in one update_jobs_bulk
 ACQUIRE_MAX = 100  # jobs in one acquire_jobs
@@ -23,6 +23,7 @@ METRICS_MAX = 64  # entries of a report's metrics
 METRIC_MAX = 1e18  # the magnitude of one metric (exact as a float and as a BIGINT)
 DIAG_MAX = 4000  # the catalog keeps this much of an error diagnostic
 LEASE_MAX = 64
+BAD_REPLICAS_MAX = 1000  # replicas given up in one report
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -78,6 +79,20 @@ class OutputReport(Record):
 
 
 @dataclass(frozen=True, kw_only=True)
+class BadReplicaReport(Record):
+    """A replica the pilot gave up during stage-in, and why: the server marks a damaged
+    one ``bad`` (only a URL its job spec offered for that input counts)."""
+
+    WHAT = "bad replica"
+
+    lfn: str = bounded(min_length=MIN_NAME, max_length=MAX_NAME, pattern=NAME_PATTERN,
+                       doc="the input's file name")
+    url: str = bounded(min_length=1, max_length=URL_MAX, doc="the replica URL of the job spec")
+    reason: str = bounded(choices=BAD_REPLICA_REASONS)
+    detail: str = bounded("", max_length=500, doc="what the mover said")
+
+
+@dataclass(frozen=True, kw_only=True)
 class JobReport(Record):
     """update_job: a heartbeat or a state report of one job attempt."""
 
@@ -93,6 +108,8 @@ class JobReport(Record):
     error_category: str = bounded("", choices=("", *ERROR_CATEGORIES))
     error_diag: str = bounded("", max_length=DIAG_MAX)
     outputs: list[OutputReport] = bounded(default_factory=list, max_length=FILES_MAX + 1)
+    bad_replicas: list[BadReplicaReport] = bounded(default_factory=list,
+                                                   max_length=BAD_REPLICAS_MAX)
 
 
 @dataclass(frozen=True, kw_only=True)

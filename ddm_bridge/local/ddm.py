@@ -15,6 +15,7 @@ and its text says nothing about files outside the root.
 
 from __future__ import annotations
 
+import logging
 import uuid
 from collections.abc import Iterable
 from datetime import UTC, datetime
@@ -38,6 +39,7 @@ from dawms.catalog.states import Entity, ReplicaState, RequestState
 from dawms.catalog.transition import record_created, transition_many
 from dawms.ddm_bridge.abc import (
     DDM,
+    BadReplica,
     DaemonSpec,
     FileInfo,
     Outcome,
@@ -49,6 +51,8 @@ from dawms.storage.checksum import ContentChanged, copy_stream, put_verified, ur
 from dawms.storage.paths import PathEscape, lfn2pfn
 
 from .staging import TapeStaging
+
+log = logging.getLogger(__name__)
 
 
 class LocalDDM(TapeStaging, DDM):
@@ -240,6 +244,27 @@ class LocalDDM(TapeStaging, DDM):
                 reports.append(RequestReport(Outcome.FAILED, dedup_key=f"local:{rid}:failed",
                                              request_id=rid, error=error))
         return reports
+
+    def declare_bad(self, session: Session, bad: list[BadReplica], reason: str) -> list[int]:
+        """Repair each bad copy from an intact one: a replication request of the file to
+        the same endpoint (its replica goes ``bad -> copying``; the transfer worker copies
+        from an available source and verifies it). A file with no intact copy left stays
+        ``bad`` there: nothing can mend it."""
+        repaired: list[int] = []
+        for item in bad:
+            sources = session.scalar(select(func.count()).select_from(Replica).where(
+                Replica.file_id == item.file_id, Replica.endpoint_id != item.endpoint.id,
+                Replica.state == ReplicaState.AVAILABLE))
+            if not sources:
+                log.warning("%s:%s at %s is bad and has no intact copy to repair it from",
+                            item.scope, item.name, item.endpoint.name)
+                continue
+            f = session.get(File, item.file_id)
+            self.request_replication(session, [f], item.endpoint,
+                                     name=f"repair.{item.replica_id}.{uuid.uuid4().hex[:8]}",
+                                     activity="Repair")
+            repaired.append(item.file_id)
+        return repaired
 
     def daemons(self) -> list[DaemonSpec]:
         from .staging import run_tape

@@ -36,6 +36,7 @@ from dawms.catalog.states import Entity, ReplicaState, RequestState
 from dawms.catalog.transition import record_created
 from dawms.ddm_bridge.abc import (
     DDM,
+    BadReplica,
     DaemonSpec,
     DDMError,
     FileInfo,
@@ -308,6 +309,30 @@ class RucioDDM(RucioStaging, DDM):
         log.info("subscription %s (%s): %s:%s to %s", sub.name, sub_id, sub.scope,
                  sub.pattern, ",".join(ep.rse_name for ep in sub.endpoints))
         return sub_id
+
+    def declare_bad(self, session: Session, bad: list[BadReplica], reason: str) -> list[int]:
+        """``declare_bad_file_replicas`` per (scope, name, rse): Rucio's necromancer then
+        repairs each from another copy or declares it lost. Unreachable or refused, the
+        catalog keeps its ``bad`` mark (dispatch skips the copy either way) and the
+        failure is logged; Rucio repairs nothing until an operator declares it again."""
+        if not bad:
+            return []
+        replicas = [{"scope": b.scope, "name": b.name, "rse": b.endpoint.rse_name} for b in bad]
+
+        def declare(c: Any) -> Any:
+            return c.declare_bad_file_replicas(replicas, reason[:250])
+
+        try:
+            refused = self.gate.call(f"declaring {len(bad)} bad replicas", declare) or {}
+        except Exception as exc:  # RucioUnavailable too: the catalog's mark stands
+            log.warning("Rucio was not told of %d bad replicas (%s): %s", len(bad),
+                        type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "")
+            return []
+        for rse, problems in refused.items():
+            log.warning("Rucio refused to declare bad at %s: %s", rse, "; ".join(problems)[:500])
+        failed = {(rse, p.split(" ", 1)[0].rstrip(":")) for rse, ps in refused.items() for p in ps}
+        return [b.file_id for b in bad
+                if (b.endpoint.rse_name, f"{b.scope}:{b.name}") not in failed]
 
     def daemons(self) -> list[DaemonSpec]:
         from . import housekeeping

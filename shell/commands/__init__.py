@@ -9,11 +9,13 @@ from . import (
     completion,
     config,
     data,
+    dbcheck,
     explain,
     factory,
     joblog,
     jobs,
     progress,
+    replica,
     service,
     sites,
     staging,
@@ -21,5 +23,5 @@ from . import (
     tokens,
 )
 
-MODULES = [service, sites, data, browse, tasks, progress, jobs, joblog, staging, explain, tokens,
-           config, factory, completion]
+MODULES = [service, dbcheck, sites, data, browse, tasks, progress, jobs, joblog, staging,
+           explain, replica, tokens, config, factory, completion]

@@ -29,6 +29,7 @@ POLICY: dict[tuple[str, str], set[str] | None] = {  # None: public, no token nee
     ("GET", "/openapi.json"): None,
     ("GET", "/healthz"): None,
     ("GET", "/readyz"): None,
+    ("GET", "/metrics"): {"admin", "reader"},
     ("GET", "/api/v1/ping"): ALL,
     ("POST", "/api/v1/pilot/acquire_jobs"): {"admin", "pilot"},
     ("POST", "/api/v1/pilot/update_job"): {"admin", "pilot"},
@@ -64,6 +65,7 @@ POLICY: dict[tuple[str, str], set[str] | None] = {  # None: public, no token nee
     ("GET", "/api/v1/site/{name}"): ALL,
     ("GET", "/api/v1/queue/list"): ALL,
     ("GET", "/api/v1/queue/{name}"): ALL,
+    ("POST", "/api/v1/replica/declare_bad"): {"admin", "production"},
 }
 
 
@@ -150,6 +152,7 @@ def _samples(world: World) -> dict[tuple[str, str], dict[str, Any]]:
         ("GET", "/api/v1/factory/demand"): {"params": {"queue": "SITE_A_PROD"}},
         ("POST", "/api/v1/factory/pilot_token"): {"json": {"queues": ["SITE_A_PROD"]}},
         ("GET", "/api/v1/staging/list"): {},
+        ("GET", "/metrics"): {},
         ("POST", "/api/v1/staging/cancel"): {"json": {"request_ids": [1]}},
         ("POST", "/api/v1/staging/priority"): {"json": {"request_ids": [1], "priority": 5}},
         ("GET", "/api/v1/job/{job_id}/explain"): {"path": {"job_id": prod_jobs[0]}},
@@ -164,6 +167,9 @@ def _samples(world: World) -> dict[tuple[str, str], dict[str, Any]]:
         ("GET", "/api/v1/site/{name}"): {"path": {"name": "SITE_A"}},
         ("GET", "/api/v1/queue/list"): {},
         ("GET", "/api/v1/queue/{name}"): {"path": {"name": "SITE_A_PROD"}},
+        ("POST", "/api/v1/replica/declare_bad"): {"json": {
+            "replicas": [{"did": "auth:nosuchfile", "endpoint": "SITE_A_DISK"}],
+            "reason": "matrix"}},
     }
 
 

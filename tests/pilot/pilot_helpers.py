@@ -21,7 +21,7 @@ from dawms import wire
 from dawms.storage.checksum import bytes_adler32
 
 UPDATE_FIELDS = {"job_id", "attempt", "lease_token", "state", "metrics", "exit_code",
-                 "error_category", "error_diag", "outputs"}
+                 "error_category", "error_diag", "outputs", "bad_replicas"}
 
 # A payload for tests: concatenates its inputs into its output; the env var
 # TEST_EXIT makes it fail, TEST_SLEEP makes it sleep (writing its pid first).
