@@ -232,7 +232,7 @@ class Job(Base):
 
     __tablename__ = "job"
     __table_args__ = (
-        Index("ix_job_dispatch", "queue_id", "state", "priority"),
+        Index("ix_job_dispatch", "queue_id", "state", "priority", "id"),  # claim order
         Index("ix_job_task", "task_id", "job_index"),
         Index("ix_job_state", "state"),
     )

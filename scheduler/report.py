@@ -17,10 +17,11 @@ the ``failed`` report that follows a kill makes the job ``cancelled``.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import select, update
+from sqlalchemy import literal_column, select, update
 from sqlalchemy.orm import Session
 
 from dawms.catalog.models import Job, JobFile, StorageEndpoint, Task
@@ -45,22 +46,46 @@ class BadReport(ValueError):
     """The report itself is malformed; nothing changed."""
 
 
-def _fenced(session: Session, job_id: int, attempt: int, token: str,
-            lock_task: bool = False) -> Job:
+@dataclass(frozen=True)
+class Fenced:
+    """The columns of a fenced job a report needs (the row, spec included, is not loaded)."""
+
+    id: int
+    task_id: int
+    state: str
+    command: str | None
+    pilot_id: str | None
+    metrics: dict[str, Any] | None
+
+
+_JOB = Job.__table__
+
+
+def _fenced(session: Session, job_id: int, attempt: int, token: str, now: datetime,
+            lock_task: bool = False, with_metrics: bool = False) -> Fenced:
+    """Lock the job if ``(attempt, lease token)`` is current and not final, and stamp its
+    heartbeat, in one ``UPDATE ... RETURNING`` of the few columns a report needs."""
     if lock_task:  # a final report may retry: take the task first, as a task kill does
-        task_id = session.scalar(select(Job.task_id).where(Job.id == job_id))
+        task_id = session.scalar(select(_JOB.c.task_id).where(_JOB.c.id == job_id))
         if task_id is not None:
             session.execute(select(Task.id).where(Task.id == task_id)
                             .with_for_update(read=True))
-    job = session.get(Job, job_id, with_for_update=True)
-    if job is None:
+    cols = [_JOB.c.id, _JOB.c.task_id, _JOB.c.state, _JOB.c.command, _JOB.c.pilot_id]
+    row = session.execute(
+        update(_JOB).where(_JOB.c.id == job_id, _JOB.c.attempt == attempt,
+                           _JOB.c.lease_token == token, _JOB.c.state.not_in(list(JOB_FINAL)))
+        .values(heartbeat_at=now)
+        .returning(*cols, _JOB.c.metrics if with_metrics else literal_column("NULL"))).first()
+    if row is not None:
+        return Fenced(*row)
+    current = session.execute(select(_JOB.c.attempt, _JOB.c.lease_token, _JOB.c.state)
+                              .where(_JOB.c.id == job_id)).first()
+    if current is None:
         raise StaleReport(f"job {job_id} does not exist")
-    if job.attempt != attempt or job.lease_token != token:
+    if current.attempt != attempt or current.lease_token != token:
         raise StaleReport(f"job {job_id} attempt {attempt} with this lease is not current "
-                          f"(current attempt {job.attempt}, state {job.state})")
-    if job.state in JOB_FINAL:
-        raise StaleReport(f"job {job_id} attempt {attempt} is already {job.state}")
-    return job
+                          f"(current attempt {current.attempt}, state {current.state})")
+    raise StaleReport(f"job {job_id} attempt {attempt} is already {current.state}")
 
 
 def parse_report(report: JobReport | Mapping[str, Any]) -> JobReport:
@@ -86,11 +111,12 @@ def pilot_update(session: Session, ddm: DDM, report: JobReport | Mapping[str, An
     state = JobState(report.state)
     if state not in PILOT_REPORTABLE:  # the record's choices come from this table
         raise BadReport(f"a pilot may not report {state.value}")
-    job = _fenced(session, job_id, attempt, token,
-                  lock_task=state in (JobState.FAILED, JobState.FINISHED))
-    metrics = {**(job.metrics or {}), **report.metrics}
-    session.execute(update(Job).where(Job.id == job.id)
-                    .values(heartbeat_at=now, metrics=metrics))
+    job = _fenced(session, job_id, attempt, token, now,
+                  lock_task=state in (JobState.FAILED, JobState.FINISHED),
+                  with_metrics=bool(report.metrics))
+    if report.metrics:  # the row is locked by the fence: merge and write them
+        session.execute(update(_JOB).where(_JOB.c.id == job.id)
+                        .values(metrics={**(job.metrics or {}), **report.metrics}))
     actor = f"pilot:{job.pilot_id}"
     fence = {"attempt": attempt, "lease_token": token, "actor": actor, "now": now}
 
@@ -159,7 +185,8 @@ def stored_outputs(db: Database, ddm: DDM, report: JobReport) -> Stored | None:
     if report.state not in (JobState.FINISHED, JobState.FAILED) or not report.outputs:
         return None
     with db.session() as s:  # a short read: no row is locked while the bytes are read
-        job = s.get(Job, report.job_id)
+        job = s.execute(select(_JOB.c.id, _JOB.c.attempt, _JOB.c.lease_token, _JOB.c.state)
+                        .where(_JOB.c.id == report.job_id)).first()
         if job is None or job.attempt != report.attempt \
                 or job.lease_token != report.lease_token or job.state in JOB_FINAL:
             return None
@@ -172,7 +199,7 @@ def stored_outputs(db: Database, ddm: DDM, report: JobReport) -> Stored | None:
     return ddm.stored_checksums(endpoint, [i for i in infos if i.name in reported])
 
 
-def _register(session: Session, ddm: DDM, job: Job, report: JobReport,
+def _register(session: Session, ddm: DDM, job: Fenced, report: JobReport,
               types: tuple[str, ...], required: bool, stored: Stored | None = None) -> None:
     """Register the reported outputs of ``types``; if ``required``, all must be there.
 

@@ -16,10 +16,11 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+import anyio.to_thread
 from fastapi import Depends, FastAPI
 
 from dawms import __version__
-from dawms.catalog.db import Database
+from dawms.catalog.db import Database, PoolSettings
 from dawms.ddm_bridge.abc import DDM
 from dawms.scheduler.config import SchedulerConfig
 from dawms.scheduler.runner import Scheduler
@@ -49,6 +50,10 @@ def create_app(db: Database, ddm: DDM, cfg: SchedulerConfig | None = None, *,
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        # as many request threads as pooled connections: none waits for a connection
+        # and the pool never opens (and closes) one per request
+        anyio.to_thread.current_default_thread_limiter().total_tokens = \
+            PoolSettings().connections
         if scheduler:
             scheduler.start()
         try:

@@ -188,12 +188,17 @@ def job_queues(s: Any, job_ids: Iterable[int]) -> dict[int, str | None]:
     return {job_id: queue for job_id, queue in rows}
 
 
-def foreign_jobs(request: Request, who: Principal, job_ids: list[int]) -> set[int]:
-    """The jobs among ``job_ids`` a pilot token may not report (not of its queues)."""
+def foreign_jobs(request: Request, who: Principal, job_ids: list[int],
+                 session: Any = None) -> set[int]:
+    """The jobs among ``job_ids`` a pilot token may not report (not of its queues);
+    read in ``session`` if given, else in a transaction of its own."""
     if who.role != "pilot":
         return set()
-    with request.app.state.db.session() as s:
-        queues = job_queues(s, job_ids)
+    if session is not None:
+        queues = job_queues(session, job_ids)
+    else:
+        with request.app.state.db.session() as s:
+            queues = job_queues(s, job_ids)
     return {j for j in job_ids if j in queues and queues[j] not in who.queues}
 
 

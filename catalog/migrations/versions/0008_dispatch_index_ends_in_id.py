@@ -1,0 +1,34 @@
+"""the dispatch index ends in id
+
+The claim orders by ``priority DESC, id`` within one queue's activated jobs; an
+index on ``(queue_id, state, priority)`` alone made PostgreSQL sort every
+activated job of the top priority on each claim (20 ms at 25k jobs). With ``id``
+as its last column the index hands rows out in claim order at any depth.
+
+Revision ID: 0008
+Revises: 0007
+Create Date: 2026-12-01 21:00:00.000000
+"""
+
+from __future__ import annotations
+
+from alembic import op
+
+revision = '0008'
+down_revision = '0007'
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    with op.batch_alter_table('job', schema=None) as batch_op:
+        batch_op.drop_index('ix_job_dispatch')
+        batch_op.create_index('ix_job_dispatch', ['queue_id', 'state', 'priority', 'id'],
+                              unique=False)
+
+
+def downgrade() -> None:
+    with op.batch_alter_table('job', schema=None) as batch_op:
+        batch_op.drop_index('ix_job_dispatch')
+        batch_op.create_index('ix_job_dispatch', ['queue_id', 'state', 'priority'],
+                              unique=False)
