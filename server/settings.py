@@ -55,6 +55,10 @@ class ServerSettings(BaseSettings):
     pilot_token_max_s: int = Field(2 * 86400, ge=60,
                                    description="longest life of a factory-made pilot token")
     key_cache_s: float = Field(10.0, ge=0, description="how long verifying keys are cached")
+    token_cache_s: float = Field(
+        5.0, ge=0, le=300, description="pilot endpoints: how long a verified token is taken "
+                                       "without checking it again (a revocation of a pilot "
+                                       "token takes effect within this); 0: never cached")
     oidc_issuers: list[OIDCIssuer] = Field(default_factory=list, max_length=16)
     ddm_basic_users: dict[str, str] = Field(default_factory=dict)
 
