@@ -26,7 +26,7 @@ from dawms.scheduler.config import SchedulerConfig
 from dawms.scheduler.runner import Scheduler
 
 from . import ddm as ddm_routes
-from . import envelope, factory, health, keys, limits, pilot, staging, user
+from . import envelope, factory, health, keys, limits, manage, pilot, staging, user
 from .auth import ANY
 from .schemas import Envelope
 from .settings import ServerSettings
@@ -74,8 +74,8 @@ def create_app(db: Database, ddm: DDM, cfg: SchedulerConfig | None = None, *,
     app.state.settings, app.state.verifier = settings, verifier
     envelope.install(app)
     app.include_router(health.router)
-    for router in (pilot.router, user.router, ddm_routes.router, factory.router,
-                   staging.router):
+    for router in (pilot.router, user.router, manage.router, ddm_routes.router,
+                   factory.router, staging.router):
         app.include_router(router, responses=envelope.ERROR_RESPONSES)
 
     @app.get("/api/v1/ping", tags=["monitor"], response_model=Envelope,

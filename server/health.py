@@ -14,7 +14,7 @@ from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
 from .auth import PUBLIC
-from .envelope import ok
+from .envelope import error_body, ok
 from .schemas import Envelope
 
 router = APIRouter(tags=["monitor"])
@@ -34,7 +34,6 @@ def readyz(request: Request) -> Any:
         with request.app.state.db.engine.connect() as conn:
             conn.execute(text("SELECT 1"))
     except SQLAlchemyError as exc:
-        return JSONResponse({"success": False, "data": None,
-                             "message": f"database unreachable: {type(exc).__name__}"},
+        return JSONResponse(error_body(503, f"database unreachable: {type(exc).__name__}"),
                             status_code=503)
     return ok({"database": True})

@@ -4,6 +4,6 @@
 
 from __future__ import annotations
 
-from . import data, jobs, service, sites, staging, tasks, tokens
+from . import data, jobs, manage, service, sites, staging, tasks, tokens
 
-MODULES = [service, sites, data, tasks, jobs, staging, tokens]
+MODULES = [service, sites, data, tasks, jobs, manage, staging, tokens]
