@@ -141,8 +141,9 @@ async def _generate(cfg: dict[str, Any]) -> dict[str, Any]:
     total: dict[str, int] = cfg["jobs_per_queue"]
     handed = dict.fromkeys(total, 0)
     pilots_on: dict[str, int] = {}
-    for queue, _token, _url in cfg["pilots"]:
-        pilots_on[queue] = pilots_on.get(queue, 0) + 1
+    for queues, _token, _url in cfg["pilots"]:
+        for queue in queues:
+            pilots_on[queue] = pilots_on.get(queue, 0) + 1
     seen: set[int] = set()
     stats = {"requests": 0, "jobs": 0, "double_dispatch": 0, "false_empty": 0, "empty": 0,
              "errors": 0}
@@ -169,10 +170,16 @@ async def _generate(cfg: dict[str, Any]) -> dict[str, Any]:
                 return None
             return data["data"]
 
-        async def pilot(k: int, queue: str, token: str, url: str) -> None:
+        async def pilot(k: int, queues: list[str], token: str, url: str) -> None:
             headers = {"Authorization": f"Bearer {token}"}
-            ask = {"queue": queue, "pilot_id": f"bench-{k}", "n_jobs": 1}
-            while time.monotonic() < deadline and handed[queue] < total[queue]:
+            turn = 0
+            while time.monotonic() < deadline:
+                open_queues = [q for q in queues if handed[q] < total[q]]
+                if not open_queues:
+                    return
+                queue = open_queues[turn % len(open_queues)]  # its queues in turn
+                turn += 1
+                ask = {"queue": queue, "pilot_id": f"bench-{k}", "n_jobs": 1}
                 got = await call(url, "/api/v1/pilot/acquire_jobs", headers, ask)
                 if got is None:
                     await asyncio.sleep(0.01)
@@ -282,10 +289,10 @@ def run_layout(args: Any, layout: str, tmp: Path) -> tuple[dict[str, Any], float
                 wait_http(f"{base}/healthz", proc)
             queues = sorted(jobs_per_queue)
             pilots = []
-            for k in range(args.pilots):
-                queue = queues[k % len(queues)]
-                token, _ = issue(db, role="pilot", subject=f"bench-{k}", queues=[queue])
-                pilots.append([queue, token, urls[k % len(urls)]])
+            for k in range(args.pilots):  # every queue served; fewer pilots: several each
+                mine = queues[k::args.pilots] or [queues[k % len(queues)]]
+                token, _ = issue(db, role="pilot", subject=f"bench-{k}", queues=mine)
+                pilots.append([mine, token, urls[k % len(urls)]])
             cfg = tmp / f"generator-{layout}.json"
             cfg.write_text(json.dumps({"pilots": pilots, "jobs_per_queue": jobs_per_queue,
                                        "seconds": args.seconds}))
@@ -320,6 +327,7 @@ def run_layout(args: Any, layout: str, tmp: Path) -> tuple[dict[str, Any], float
         "double_dispatch": max(g["double_dispatch"], twice or 0),
         "false_empty": g["false_empty"],
         "jobs": g["jobs"], "handed_out": g["handed_out"], "requests": g["requests"],
+        "for_pilots": sum(jobs_per_queue.values()),  # activated after the raw SQL claims
         "empty": g["empty"], "errors": g["errors"], "seconds": round(g["wall_s"], 1),
         "cpu_ms_per_request": {
             "server": round(1000 * server_s / requests, 3),

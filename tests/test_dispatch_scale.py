@@ -157,9 +157,11 @@ def test_the_ci_sized_dispatch_benchmark_over_fifty_queues() -> None:
     fifty = result["fifty_queues"]
     assert {"requests_per_s", "jobs_per_s", "p99_ms", "double_dispatch", "false_empty",
             "cpu_ms_per_request"} <= set(fifty)
-    assert fifty["handed_out"] == fifty["jobs"] == 150 and fifty["errors"] == 0, fifty
+    # every job the raw SQL claims left, through its whole lifecycle
+    assert 0 < fifty["for_pilots"] <= 150 and fifty["errors"] == 0, fifty
+    assert fifty["handed_out"] == fifty["jobs"] == fifty["for_pilots"], fifty
     assert fifty["double_dispatch"] == fifty["false_empty"] == 0, fifty
-    assert fifty["requests"] >= 4 * 150 and result["raw_claims_per_s"] > 0
+    assert fifty["requests"] >= 4 * fifty["jobs"] and result["raw_claims_per_s"] > 0
     cpu = result["cpu_ms_per_request"]["fifty_queues"]
     assert cpu["server"] > 0 and cpu["db"] > 0 and cpu["generator"] > 0, cpu
 
