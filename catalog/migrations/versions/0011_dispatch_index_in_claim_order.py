@@ -6,8 +6,8 @@ of the top priority on each claim (an Incremental Sort: 28.7 ms at 20k jobs).
 ``(queue_id, state, priority DESC, id)`` hands rows out in claim order at any
 depth (0.09 ms); ``priority ASC, id`` would not (a backward scan gives ``id DESC``).
 
-Revision ID: 0008
-Revises: 0007
+Revision ID: 0011
+Revises: 0010
 Create Date: 2026-12-01 21:00:00.000000
 """
 
@@ -16,8 +16,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = '0008'
-down_revision = '0007'
+revision = '0011'
+down_revision = '0010'
 branch_labels = None
 depends_on = None
 
