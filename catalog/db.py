@@ -1,7 +1,9 @@
 """Engines and sessions: the one way code of ours opens a transaction.
 
 SQLite (WAL, ``BEGIN IMMEDIATE`` so concurrent writers queue instead of failing
-on a stale snapshot) is the embedded default; PostgreSQL is chosen by URL. The
+on a stale snapshot) is the embedded default; PostgreSQL is chosen by URL, with a
+connection pool sized by ``PoolSettings`` (``DAWMS_DB_POOL_SIZE`` ...): connections
+stay open and are reused, so a busy server does not start a backend per request. The
 schema is built and upgraded by Alembic (``upgrade()``), never by ``create_all``
 outside tests of the models themselves.
 """
@@ -14,12 +16,39 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
 
 from . import events
 
 DEFAULT_HOME = Path(os.environ.get("DAWMS_HOME", Path.home() / ".dawms"))
+
+
+class PoolSettings(BaseSettings):
+    """The PostgreSQL connection pool of one process (``DAWMS_DB_*``).
+
+    A process holds at most ``pool_size + max_overflow`` connections; the server runs
+    that many request threads, so no request waits for a connection and none is
+    opened and closed per request. Several server processes (``--workers N``) and
+    nodes: ``N x (pool_size + max_overflow)`` plus the schedulers' must stay below
+    PostgreSQL's ``max_connections``.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="DAWMS_DB_", extra="ignore")
+
+    pool_size: int = Field(16, ge=1, le=1000, description="connections kept open")
+    max_overflow: int = Field(4, ge=0, le=1000,
+                              description="extra connections under load, closed on return")
+    pool_timeout_s: float = Field(30.0, gt=0, description="wait for a free connection")
+    pool_recycle_s: int = Field(1800, ge=-1, description="reopen connections this old")
+    pre_ping: bool = Field(False, description="test each connection on checkout (one more "
+                                              "round trip; for links that drop idle ones)")
+
+    @property
+    def connections(self) -> int:
+        return self.pool_size + self.max_overflow
 
 
 def default_url() -> str:
@@ -39,7 +68,12 @@ def make_engine(url: str | None = None, **kwargs: Any) -> Engine:
         return engine
     if url.startswith("postgresql://"):
         url = "postgresql+psycopg://" + url.removeprefix("postgresql://")
-    return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20, **kwargs)
+    pool = PoolSettings()
+    options: dict[str, Any] = {"pool_pre_ping": pool.pre_ping, "pool_size": pool.pool_size,
+                               "max_overflow": pool.max_overflow,
+                               "pool_timeout": pool.pool_timeout_s,
+                               "pool_recycle": pool.pool_recycle_s}
+    return create_engine(url, **{**options, **kwargs})
 
 
 def _sqlite_pragmas(engine: Engine) -> None:

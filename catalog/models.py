@@ -244,7 +244,6 @@ class Job(Base):
 
     __tablename__ = "job"
     __table_args__ = (
-        Index("ix_job_dispatch", "queue_id", "state", "priority"),
         Index("ix_job_task", "task_id", "job_index"),
         Index("ix_job_state", "state"),
     )
@@ -278,6 +277,10 @@ class Job(Base):
     error_diag: Mapped[str] = mapped_column(Text, default="")
     metrics: Mapped[dict[str, Any]] = mapped_column(default=dict)
     files: Mapped[list[JobFile]] = relationship(back_populates="job", order_by="JobFile.id")
+
+
+# the claim's order (priority DESC, id): rows come out of the index in it, unsorted
+Index("ix_job_dispatch", Job.queue_id, Job.state, Job.priority.desc(), Job.id)
 
 
 class JobFile(Base):

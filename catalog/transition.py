@@ -4,8 +4,9 @@ Every change checks the entity's transition table (``states.py``), does a
 compare-and-set ``UPDATE ... WHERE id = :id AND state = :expected [AND attempt
 = :attempt AND lease_token = :token]``, writes a history row and queues an event
 that is published after commit. ``claim_jobs`` is the dispatch form of the same
-thing: one ``UPDATE ... WHERE id IN (SELECT ... FOR UPDATE SKIP LOCKED)
-RETURNING`` round trip that moves activated jobs to ``sent`` with a fresh lease.
+thing: one statement (on PostgreSQL: ``SELECT ... FOR UPDATE SKIP LOCKED``, the
+``UPDATE ... RETURNING`` and the history insert as CTEs) that moves activated jobs
+to ``sent`` with a fresh lease.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Any
 
-from sqlalchemy import bindparam, case, insert, literal_column, select, update
+from sqlalchemy import bindparam, case, insert, literal, literal_column, select, update
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
 from sqlalchemy.sql.elements import ClauseElement
@@ -190,7 +191,14 @@ def record_created(session: Session, entity: Entity, rows: Sequence[tuple[int, i
 @lru_cache(maxsize=8)
 def _claim_statement(dialect: str, fits: bool = False) -> Any:
     """The claim statement, built once per dialect (it is the dispatch hot path);
-    ``fits``: only jobs with a walltime of at most ``claim_walltime`` (none unlimited)."""
+    ``fits``: only jobs with a walltime of at most ``claim_walltime`` (none unlimited).
+
+    On PostgreSQL it is ONE statement: a locking CTE picks the rows (the
+    ``ix_job_dispatch`` index ends in ``id``, so no sort at any depth), a second
+    CTE moves them to ``sent`` and a third writes their history rows; the
+    statement returns what the pilot gets. SQLite (no data-modifying CTEs) runs
+    the UPDATE ... RETURNING and the history insert as two statements.
+    """
     job = Job.__table__
     inner = (select(job.c.id)
              .where(job.c.queue_id == bindparam("claim_queue"),
@@ -209,12 +217,25 @@ def _claim_statement(dialect: str, fits: bool = False) -> Any:
     else:  # SQLite: BEGIN IMMEDIATE already makes us the only writer
         target = job.c.id.in_(inner.scalar_subquery())
         token = literal_column("lower(hex(randomblob(16)))")
-    return (update(job)
-            .where(target, job.c.state == JobState.ACTIVATED.value)
-            .values(state=JobState.SENT.value, lease_token=token,
-                    pilot_id=bindparam("claim_pilot"), state_changed_at=bindparam("claim_now"),
-                    heartbeat_at=bindparam("claim_now"))
-            .returning(job.c.id, job.c.attempt, job.c.lease_token, job.c.spec))
+    moved = (update(job)
+             .where(target, job.c.state == JobState.ACTIVATED.value)
+             .values(state=JobState.SENT.value, lease_token=token,
+                     pilot_id=bindparam("claim_pilot"), state_changed_at=bindparam("claim_now"),
+                     heartbeat_at=bindparam("claim_now"))
+             .returning(job.c.id, job.c.attempt, job.c.lease_token, job.c.spec))
+    if dialect != "postgresql":
+        return moved
+    moved_cte = moved.cte("moved")
+    history = StateHistory.__table__
+    logged = insert(history).from_select(
+        ["entity", "entity_id", "from_state", "to_state", "attempt", "at", "actor", "reason"],
+        select(literal(Entity.JOB.value), moved_cte.c.id, literal(JobState.ACTIVATED.value),
+               literal(JobState.SENT.value), moved_cte.c.attempt,
+               bindparam("claim_now", type_=history.c.at.type),
+               bindparam("claim_actor", type_=history.c.actor.type), literal("claimed"))
+    ).cte("logged")
+    return select(moved_cte.c.id, moved_cte.c.attempt, moved_cte.c.lease_token,
+                  moved_cte.c.spec).add_cte(logged)
 
 
 
@@ -226,24 +247,29 @@ def claim_jobs(session: Session, queue_id: int, n: int, pilot_id: str,
     ``max_walltime_s`` (a pilot near the end of its lifetime): only jobs whose
     walltime fits in it; 0 means any job.
 
-    One round trip; on PostgreSQL concurrent claimers skip each other's locked
-    rows instead of waiting or failing, so nobody is told "no jobs" while jobs
-    remain. Returns ``(job_id, attempt, lease_token, spec)`` per claimed job.
-    Core statements built once: no ORM work on the dispatch path.
+    One round trip on PostgreSQL (claim and history rows in one statement); there
+    concurrent claimers skip each other's locked rows instead of waiting or
+    failing, so nobody is told "no jobs" while jobs remain. Returns ``(job_id,
+    attempt, lease_token, spec)`` per claimed job. Core statements built once: no
+    ORM work on the dispatch path.
     """
     now = now or datetime.now(UTC)
     conn = session.connection()
-    stmt = _claim_statement(conn.dialect.name, fits=max_walltime_s > 0)
-    params = {"claim_queue": queue_id, "claim_n": n, "claim_pilot": pilot_id, "claim_now": now}
+    dialect = conn.dialect.name
+    actor = f"pilot:{pilot_id}"
+    params = {"claim_queue": queue_id, "claim_n": n, "claim_pilot": pilot_id, "claim_now": now,
+              "claim_actor": actor}
     if max_walltime_s > 0:
         params["claim_walltime"] = int(max_walltime_s)
-    rows = [(r[0], r[1], r[2], r[3] or {}) for r in conn.execute(stmt, params)]
+    rows = [(r[0], r[1], r[2], r[3] or {}) for r in conn.execute(
+        _claim_statement(dialect, fits=max_walltime_s > 0), params)]
     if rows:
-        actor = f"pilot:{pilot_id}"
-        conn.execute(_HISTORY, [
-            {"entity": Entity.JOB.value, "entity_id": r[0], "from_state": JobState.ACTIVATED.value,
-             "to_state": JobState.SENT.value, "attempt": r[1], "at": now, "actor": actor,
-             "reason": "claimed"} for r in rows])
+        if dialect != "postgresql":  # PostgreSQL wrote them in the claim statement
+            conn.execute(_HISTORY, [
+                {"entity": Entity.JOB.value, "entity_id": r[0],
+                 "from_state": JobState.ACTIVATED.value, "to_state": JobState.SENT.value,
+                 "attempt": r[1], "at": now, "actor": actor, "reason": "claimed"}
+                for r in rows])
         events.queue(session, events.StateChanged(Entity.JOB.value, tuple(r[0] for r in rows),
                                                   JobState.ACTIVATED.value,
                                                   JobState.SENT.value, actor, "claimed"))

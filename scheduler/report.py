@@ -26,10 +26,11 @@ still answers 409.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import select, update
+from sqlalchemy import literal_column, select, update
 from sqlalchemy.orm import Session
 
 from dawms.catalog.models import Job, JobFile, StateHistory, StorageEndpoint, Task
@@ -55,30 +56,62 @@ class BadReport(ValueError):
     """The report itself is malformed; nothing changed."""
 
 
-def _fenced(session: Session, job_id: int, attempt: int, token: str,
-            lock_task: bool = False, final_ok: bool = False) -> Job:
+@dataclass(frozen=True)
+class Fenced:
+    """The columns of a fenced job a report needs (the row, spec included, is not loaded)."""
+
+    id: int
+    task_id: int
+    state: str
+    command: str | None
+    pilot_id: str | None
+    metrics: dict[str, Any] | None
+
+
+_JOB = Job.__table__
+
+
+def _fenced(session: Session, job_id: int, attempt: int, token: str, now: datetime,
+            lock_task: bool = False, with_metrics: bool = False,
+            final_ok: bool = False) -> Fenced:
+    """Lock the job if ``(attempt, lease token)`` is current and not final, and stamp its
+    heartbeat, in one ``UPDATE ... RETURNING`` of the few columns a report needs.
+    ``final_ok``: a final job whose last change was its own pilot's report is returned
+    as it is (a re-sent final report), not refused."""
     if lock_task:  # a final report may retry: take the task first, as a task kill does
-        task_id = session.scalar(select(Job.task_id).where(Job.id == job_id))
+        task_id = session.scalar(select(_JOB.c.task_id).where(_JOB.c.id == job_id))
         if task_id is not None:
             session.execute(select(Task.id).where(Task.id == task_id)
                             .with_for_update(read=True))
-    job = session.get(Job, job_id, with_for_update=True)
-    if job is None:
+    cols = [_JOB.c.id, _JOB.c.task_id, _JOB.c.state, _JOB.c.command, _JOB.c.pilot_id]
+    row = session.execute(
+        update(_JOB).where(_JOB.c.id == job_id, _JOB.c.attempt == attempt,
+                           _JOB.c.lease_token == token, _JOB.c.state.not_in(list(JOB_FINAL)))
+        .values(heartbeat_at=now)
+        .returning(*cols, _JOB.c.metrics if with_metrics else literal_column("NULL"))).first()
+    if row is not None:
+        return Fenced(*row)
+    current = session.execute(select(_JOB.c.attempt, _JOB.c.lease_token, _JOB.c.state)
+                              .where(_JOB.c.id == job_id)).first()
+    if current is None:
         raise StaleReport(f"job {job_id} does not exist")
-    if job.attempt != attempt or job.lease_token != token:
+    if current.attempt != attempt or current.lease_token != token:
         raise StaleReport(f"job {job_id} attempt {attempt} with this lease is not current "
-                          f"(current attempt {job.attempt}, state {job.state})")
-    if job.state in JOB_FINAL and not (final_ok and _ended_by_its_pilot(session, job)):
-        raise StaleReport(f"job {job_id} attempt {attempt} is already {job.state}")
-    return job
+                          f"(current attempt {current.attempt}, state {current.state})")
+    if final_ok and _ended_by_its_pilot(session, job_id):
+        row = session.execute(select(*cols, literal_column("NULL"))
+                              .where(_JOB.c.id == job_id)).one()
+        return Fenced(*row)
+    raise StaleReport(f"job {job_id} attempt {attempt} is already {current.state}")
 
 
-def _ended_by_its_pilot(session: Session, job: Job) -> bool:
+def _ended_by_its_pilot(session: Session, job_id: int) -> bool:
     """Whether the job's last state change was made by its pilot's own report."""
+    pilot = session.scalar(select(_JOB.c.pilot_id).where(_JOB.c.id == job_id))
     actor = session.scalar(select(StateHistory.actor).where(
-        StateHistory.entity == Entity.JOB.value, StateHistory.entity_id == job.id)
+        StateHistory.entity == Entity.JOB.value, StateHistory.entity_id == job_id)
         .order_by(StateHistory.id.desc()).limit(1))
-    return actor == f"pilot:{job.pilot_id}"
+    return actor == f"pilot:{pilot}"
 
 
 def parse_report(report: JobReport | Mapping[str, Any]) -> JobReport:
@@ -105,12 +138,13 @@ def pilot_update(session: Session, ddm: DDM, report: JobReport | Mapping[str, An
     if state not in PILOT_REPORTABLE:  # the record's choices come from this table
         raise BadReport(f"a pilot may not report {state.value}")
     final = state in (JobState.FAILED, JobState.FINISHED)
-    job = _fenced(session, job_id, attempt, token, lock_task=final, final_ok=final)
+    job = _fenced(session, job_id, attempt, token, now, lock_task=final, final_ok=final,
+                  with_metrics=bool(report.metrics))
     if job.state in JOB_FINAL:  # a re-sent final report, already applied: nothing changes
         return {"command": None}
-    metrics = {**(job.metrics or {}), **report.metrics}
-    session.execute(update(Job).where(Job.id == job.id)
-                    .values(heartbeat_at=now, metrics=metrics))
+    if report.metrics:  # the row is locked by the fence: merge and write them
+        session.execute(update(_JOB).where(_JOB.c.id == job.id)
+                        .values(metrics={**(job.metrics or {}), **report.metrics}))
     actor = f"pilot:{job.pilot_id}"
     fence = {"attempt": attempt, "lease_token": token, "actor": actor, "now": now}
 
@@ -191,7 +225,8 @@ def stored_outputs(db: Database, ddm: DDM, report: JobReport) -> Stored | None:
     if report.state not in (JobState.FINISHED, JobState.FAILED) or not report.outputs:
         return None
     with db.session() as s:  # a short read: no row is locked while the bytes are read
-        job = s.get(Job, report.job_id)
+        job = s.execute(select(_JOB.c.id, _JOB.c.attempt, _JOB.c.lease_token, _JOB.c.state)
+                        .where(_JOB.c.id == report.job_id)).first()
         if job is None or job.attempt != report.attempt \
                 or job.lease_token != report.lease_token or job.state in JOB_FINAL:
             return None
@@ -204,7 +239,7 @@ def stored_outputs(db: Database, ddm: DDM, report: JobReport) -> Stored | None:
     return ddm.stored_checksums(endpoint, [i for i in infos if i.name in reported])
 
 
-def _register(session: Session, ddm: DDM, job: Job, report: JobReport,
+def _register(session: Session, ddm: DDM, job: Fenced, report: JobReport,
               types: tuple[str, ...], required: bool, stored: Stored | None = None) -> None:
     """Register the reported outputs of ``types``; if ``required``, all must be there.
 

@@ -86,7 +86,8 @@ CAROUSEL_WAKES = {(Entity.REPLICA.value, "available"), (Entity.TASK.value, TaskS
 def expected_daemons(ddm: DDM, cfg: SchedulerConfig) -> dict[str, float]:
     """Every daemon a scheduler over ``ddm`` runs, with its period (``/readyz`` checks each
     one's last success, whichever process runs it)."""
-    core = ("refiner", "broker", "activator", "watcher", "finisher", "ddm_poller", "carousel")
+    core = ("refiner", "rebroker", "broker", "activator", "watcher", "stuck", "finisher",
+            "ddm_poller", "carousel")
     return {**dict.fromkeys(core, cfg.interval_s),
             **{spec.name: spec.interval_s for spec in ddm.daemons()}}
 
@@ -209,8 +210,7 @@ class Scheduler:
         daemons after the broker and the carousel after the poller (for tests and
         `dawms scheduler --once`)."""
         for name in ("refiner", "rebroker", "broker", *self._backend_daemons, "ddm_poller",
-                     "carousel",
-                     "activator", "watcher", "finisher"):
+                     "carousel", "activator", "watcher", "stuck", "finisher"):
             self.daemons[name][0]()
 
     def wake(self, name: str) -> None:

@@ -17,10 +17,11 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+import anyio.to_thread
 from fastapi import Depends, FastAPI
 
 from dawms import __version__
-from dawms.catalog.db import Database
+from dawms.catalog.db import Database, PoolSettings
 from dawms.ddm_bridge.abc import DDM
 from dawms.scheduler.config import SchedulerConfig
 from dawms.scheduler.runner import Scheduler
@@ -35,6 +36,7 @@ from . import (
     joblog,
     keys,
     limits,
+    manage,
     metrics,
     pilot,
     replicas,
@@ -65,6 +67,10 @@ def create_app(db: Database, ddm: DDM, cfg: SchedulerConfig | None = None, *,
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        # as many request threads as pooled connections: none waits for a connection
+        # and the pool never opens (and closes) one per request
+        anyio.to_thread.current_default_thread_limiter().total_tokens = \
+            PoolSettings().connections
         if scheduler:
             scheduler.start()
         try:
@@ -87,9 +93,9 @@ def create_app(db: Database, ddm: DDM, cfg: SchedulerConfig | None = None, *,
     envelope.install(app)
     app.include_router(health.router)
     metrics.install(app, db)
-    for router in (pilot.router, commands.router, user.router, ddm_routes.router, factory.router,
-                   staging.router, explain.router, browse.router, joblog.router, replicas.router,
-                   metrics.router):
+    for router in (pilot.router, commands.router, user.router, manage.router, ddm_routes.router,
+                   factory.router, staging.router, explain.router, browse.router, joblog.router,
+                   replicas.router, metrics.router):
         app.include_router(router, responses=envelope.ERROR_RESPONSES)
 
     @app.get("/api/v1/ping", tags=["monitor"], response_model=Envelope,

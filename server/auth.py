@@ -70,9 +70,10 @@ def _verifier(request: Request) -> Verifier | None:
 class Rule:
     """A route's rule: ``roles`` that may call it (``None``: anyone, no token needed)."""
 
-    def __init__(self, name: str, roles: Iterable[str] | None) -> None:
+    def __init__(self, name: str, roles: Iterable[str] | None, cached: bool = False) -> None:
         self.name = name
         self.roles = None if roles is None else frozenset(roles) | {"admin"}
+        self.cached = cached  # the hot path: verified tokens cached (DAWMS_TOKEN_CACHE_S)
 
     def __repr__(self) -> str:
         return f"Rule({self.name})"
@@ -97,7 +98,7 @@ class Rule:
         if verifier is None:
             raise Unauthorized("this server runs with DAWMS_AUTH=off and accepts no tokens")
         try:
-            principal = verifier.verify(bearer.credentials)
+            principal = verifier.verify(bearer.credentials, cached=self.cached)
         except TokenError as exc:
             raise Unauthorized(str(exc)) from None
         return self.authorize(principal)
@@ -143,7 +144,7 @@ MANAGE = Rule("manage tasks and jobs", ("production", "analyst"))
 STAGING = Rule("steer tape staging", ("production",))  # shared tape quotas: operators only
 METRICS = Rule("read metrics", ("reader",))  # Prometheus scrapes with a reader token
 REPLICAS = Rule("declare replicas bad", ("production",))  # makes the DDM copy data again
-PILOT = Rule("pilot", ("pilot",))
+PILOT = Rule("pilot", ("pilot",), cached=True)  # the dispatch hot path
 FACTORY = Rule("pilot factory", ("factory",))
 DDM = BasicOrBearerRule("DDM events", ("ddm",))
 
@@ -190,12 +191,17 @@ def job_queues(s: Any, job_ids: Iterable[int]) -> dict[int, str | None]:
     return {job_id: queue for job_id, queue in rows}
 
 
-def foreign_jobs(request: Request, who: Principal, job_ids: list[int]) -> set[int]:
-    """The jobs among ``job_ids`` a pilot token may not report (not of its queues)."""
+def foreign_jobs(request: Request, who: Principal, job_ids: list[int],
+                 session: Any = None) -> set[int]:
+    """The jobs among ``job_ids`` a pilot token may not report (not of its queues);
+    read in ``session`` if given, else in a transaction of its own."""
     if who.role != "pilot":
         return set()
-    with request.app.state.db.session() as s:
-        queues = job_queues(s, job_ids)
+    if session is not None:
+        queues = job_queues(session, job_ids)
+    else:
+        with request.app.state.db.session() as s:
+            queues = job_queues(s, job_ids)
     return {j for j in job_ids if j in queues and queues[j] not in who.queues}
 
 

@@ -32,7 +32,7 @@ from dawms.ddm_bridge.rucio.messages import (
 )
 
 from .auth import DDM
-from .envelope import DB_ERRORS, ok
+from .envelope import DB_ERRORS, error_body, ok
 from .limits import body_limit
 from .schemas import DDMEventIn, DDMEventsIn, Envelope
 from .tokens import Principal
@@ -91,8 +91,7 @@ async def rucio_messages(request: Request, who: Principal = Depends(DDM)) -> Any
     from fastapi.responses import JSONResponse
 
     def refuse(status: int, message: str) -> JSONResponse:
-        return JSONResponse({"success": False, "message": message, "data": None,
-                             "errors": True}, status_code=status)
+        return JSONResponse(error_body(status, message, errors=True), status_code=status)
 
     ddm = request.app.state.ddm
     if getattr(ddm, "name", "") != "rucio":

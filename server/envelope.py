@@ -2,7 +2,8 @@
 
 Every error, FastAPI's and Starlette's own included (401/403 from the rules,
 404 for an unknown path, 405, a body that does not parse, 413), answers
-``{success: false, message, data: null}``; ``ERROR_RESPONSES`` declares them in
+``{success: false, code, message, data: null}`` (``code``: a machine-readable
+word per kind of error, ``ERROR_CODES``); ``ERROR_RESPONSES`` declares them in
 the OpenAPI document. Bad input is a 4xx with a message, never a 500, on every backend: a value the
 database refuses (too long for its column, out of range: ``DataError`` on
 PostgreSQL, ``OverflowError`` from sqlite3 for an int beyond 64 bits) is a 400
@@ -33,10 +34,25 @@ def ok(data: Any = None, message: str = "") -> dict[str, Any]:
     return {"success": True, "message": message, "data": data}
 
 
+ERROR_CODES: dict[int, str] = {
+    400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
+    405: "method_not_allowed", 409: "stale", 413: "too_large", 422: "invalid",
+    500: "internal", 503: "unavailable",
+}
+
+
+def error_body(status: int, message: str, **extra: Any) -> dict[str, Any]:
+    """The error envelope of one reply (``code`` from ``ERROR_CODES``)."""
+    return {"success": False, "code": ERROR_CODES.get(status, f"http_{status}"),
+            "message": message, "data": None, **extra}
+
+
 class ErrorEnvelope(BaseModel):
-    """An error reply: ``success`` is false and ``message`` says why."""
+    """An error reply: ``success`` is false, ``code`` says what kind (stable, for
+    programs) and ``message`` says why (for people)."""
 
     success: Literal[False]
+    code: str
     message: str
     data: None = None
 
@@ -118,8 +134,7 @@ def install(app: FastAPI) -> None:
     """Error handlers and the 64-bit check; call before including the routers."""
     def _reply(status: int, message: str, headers: dict[str, str] | None = None
                ) -> JSONResponse:
-        return JSONResponse({"success": False, "message": message, "data": None},
-                            status_code=status, headers=headers)
+        return JSONResponse(error_body(status, message), status_code=status, headers=headers)
 
     for exc_type, status in ERRORS:
         app.add_exception_handler(

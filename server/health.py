@@ -26,7 +26,7 @@ from dawms.catalog.models import DaemonLock
 from dawms.scheduler.runner import expected_daemons
 
 from .auth import PUBLIC
-from .envelope import ok
+from .envelope import error_body, ok
 from .schemas import Envelope
 
 router = APIRouter(tags=["monitor"])
@@ -77,6 +77,5 @@ def readyz(request: Request) -> Any:
     """Database reachable, migrations current, every daemon within its bound."""
     problems, checks = readiness(request)
     if problems:
-        return JSONResponse({"success": False, "data": None,
-                             "message": "; ".join(problems)}, status_code=503)
+        return JSONResponse(error_body(503, "; ".join(problems)), status_code=503)
     return ok(checks)

@@ -19,6 +19,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from dawms.ddm_bridge.rucio.messages import MAX_BODY_BYTES as RUCIO_BODY_BYTES
 
+from .envelope import error_body
 from .routes import RouteInfo, api_routes
 from .settings import ServerSettings
 
@@ -105,9 +106,8 @@ class BodyLimit:
 
 
 async def _refuse(send: Send, limit: int) -> None:
-    body = json.dumps({"success": False, "data": None,
-                       "message": f"request body is larger than {limit} bytes, the limit here"}
-                      ).encode()
+    body = json.dumps(error_body(
+        413, f"request body is larger than {limit} bytes, the limit here")).encode()
     await send({"type": "http.response.start", "status": 413,
                 "headers": [(b"content-type", b"application/json"),
                             (b"content-length", str(len(body)).encode()),

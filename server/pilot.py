@@ -20,7 +20,7 @@ from fastapi import APIRouter, Depends, Request
 from sqlalchemy import func, select
 
 from dawms.catalog.models import Job, Queue
-from dawms.catalog.states import JOB_QUEUED, QUEUE_SERVED
+from dawms.catalog.states import JOB_QUEUED, QUEUE_SERVED, JobState
 from dawms.catalog.transition import claim_jobs
 from dawms.ddm_bridge.abc import DDMError
 from dawms.scheduler.report import StaleReport, pilot_update, stored_outputs
@@ -35,6 +35,8 @@ from .tokens import Principal
 
 router = APIRouter(prefix="/api/v1/pilot", tags=["pilot"])
 _PILOT_SEEN_EVERY_S = 60  # how often a queue's last_pilot_at is refreshed
+_QUEUE_TTL_S = 30.0
+_FINAL_REPORTS = frozenset({JobState.FINISHED.value, JobState.FAILED.value})
 
 
 def _queue_id(request: Request, name: str) -> int:
@@ -120,9 +122,16 @@ def _apply_report(request: Request, update: JobUpdate) -> dict[str, Any]:
 def update_job(body: JobUpdate, request: Request,
                who: Principal = Depends(PILOT)) -> dict[str, Any]:
     """A heartbeat or a state report; the final one carries the outputs."""
-    if foreign_jobs(request, who, [body.job_id]):
-        raise Forbidden(f"job {body.job_id} is not of a queue this token is bound to")
-    return ok(_apply(request, body))
+    if body.state in _FINAL_REPORTS:  # checked before its outputs' bytes are read
+        if foreign_jobs(request, who, [body.job_id]):
+            raise Forbidden(f"job {body.job_id} is not of a queue this token is bound to")
+        return ok(_apply(request, body))
+    # a heartbeat: the queue check and the report in one transaction
+    report = JobReport.from_dict(body.model_dump())
+    with request.app.state.db.session() as s:
+        if foreign_jobs(request, who, [body.job_id], session=s):
+            raise Forbidden(f"job {body.job_id} is not of a queue this token is bound to")
+        return ok(pilot_update(s, request.app.state.ddm, report, datetime.now(UTC)))
 
 
 @router.post("/update_jobs_bulk", response_model=Envelope, openapi_extra=body_limit("bulk"))

@@ -57,6 +57,10 @@ class ServerSettings(BaseSettings):
     key_cache_s: float = Field(10.0, ge=0, description="how long verifying keys are cached")
     ready_slack_s: float = Field(60.0, ge=0, description="/readyz: a daemon is late once its "
                                  "last success is older than 3 intervals plus this")
+    token_cache_s: float = Field(
+        5.0, ge=0, le=300, description="pilot endpoints: how long a verified token is taken "
+                                       "without checking it again (a revocation of a pilot "
+                                       "token takes effect within this); 0: never cached")
     oidc_issuers: list[OIDCIssuer] = Field(default_factory=list, max_length=16)
     ddm_basic_users: dict[str, str] = Field(default_factory=dict)
 

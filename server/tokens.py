@@ -10,6 +10,7 @@ to a role by a claim. Error texts say what is wrong with a token, never its text
 from __future__ import annotations
 
 import re
+import time
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -30,6 +31,7 @@ MAX_QUEUES = 100
 MAX_QUEUE_NAME = 128
 MAX_TOKEN_CHARS = 8192
 MAX_LIFETIME_S = 400 * 86400
+MAX_CACHED_TOKENS = 100_000
 BOUND_ROLES = ("pilot", "factory")  # roles that act only on their queues
 _DURATION = re.compile(r"^\s*(\d{1,9})\s*([smhd]?)\s*$")
 _UNIT_S = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -156,19 +158,39 @@ class Verifier:
         self.settings = settings
         self.keys = keys.VerifyingKeys(db, settings.key_cache_s)
         self._oidc = {i.issuer: i for i in settings.oidc_issuers}
+        self._cache: dict[str, tuple[float, Principal]] = {}
         self._jwks = {i.issuer: jwt.PyJWKClient(i.jwks_url, cache_keys=True,
                                                 lifespan=max(i.jwks_cache_s, 1e-3), timeout=10,
                                                 cooldown_duration=i.jwks_refresh_cooldown_s)
                       for i in settings.oidc_issuers}
 
-    def verify(self, token: str) -> Principal:
+    def verify(self, token: str, cached: bool = False) -> Principal:
+        """The token's principal, or ``TokenError``. ``cached``: a token verified less than
+        ``token_cache_s`` ago (and not expired) is taken without checking its signature
+        and revocation again (the pilot hot path: a revocation takes effect within
+        ``token_cache_s``)."""
         if len(token) > MAX_TOKEN_CHARS:
             raise TokenError("token too long")
+        if cached:
+            hit = self._cache.get(token)
+            if hit is not None and hit[0] > time.monotonic():
+                return hit[1]
         try:
             header = jwt.get_unverified_header(token)
-            issuer = jwt.decode(token, options={"verify_signature": False}).get("iss")
+            unverified = jwt.decode(token, options={"verify_signature": False})
         except jwt.PyJWTError as exc:
             raise TokenError(_reason(exc)) from None
+        principal = self._verify(token, header, unverified.get("iss"))
+        ttl = self.settings.token_cache_s
+        exp = unverified.get("exp")
+        if cached and ttl > 0 and isinstance(exp, int | float):
+            if len(self._cache) >= MAX_CACHED_TOKENS:
+                self._cache.clear()  # bounded: start over rather than grow
+            until = min(time.monotonic() + ttl, time.monotonic() + exp - time.time())
+            self._cache[token] = (until, principal)
+        return principal
+
+    def _verify(self, token: str, header: dict[str, Any], issuer: Any) -> Principal:
         if issuer == self.settings.token_issuer:
             principal = self._ours(token, header)
         elif isinstance(issuer, str) and issuer in self._oidc:

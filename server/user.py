@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections import defaultdict
 from typing import Any
 
-from fastapi import APIRouter, Body, Depends, Query, Request
+from fastapi import APIRouter, Body, Depends, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 from sqlalchemy import func, select
 
@@ -86,15 +86,36 @@ def _job_counts(s: Any, task_ids: list[int]) -> dict[int, dict[str, int]]:
     return counts
 
 
+NEXT_HEADER = "X-Next-After"  # keyset paging: pass it back as ``after`` for the next page
+
+
+def _like_prefix(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+
+
 @router.get("/task/list", response_model=Envelope, tags=["task"], dependencies=[Depends(ANY)])
-def task_list(request: Request, state: str | None = None,
+def task_list(request: Request, response: Response,
+              state: list[str] | None = Query(None, max_length=32),
+              owner: str | None = Query(None, max_length=128),
+              name: str | None = Query(None, max_length=255, description="a name prefix"),
+              after: int | None = Query(None, description="keyset paging: tasks with a "
+                                        f"smaller id (the {NEXT_HEADER} header)"),
               limit: int = Query(100, ge=1, le=10000)) -> dict[str, Any]:
+    """Tasks, newest first, filtered; a full page sets ``X-Next-After``."""
     with request.app.state.db.session() as s:
         q = select(Task).order_by(Task.id.desc()).limit(limit)
         if state:
-            q = q.where(Task.state == state)
+            q = q.where(Task.state.in_(state))
+        if owner:
+            q = q.where(Task.owner == owner)
+        if name:
+            q = q.where(Task.name.like(_like_prefix(name), escape="\\"))
+        if after is not None:
+            q = q.where(Task.id < after)
         tasks = list(s.scalars(q))
         counts = _job_counts(s, [t.id for t in tasks])
+        if len(tasks) == limit:
+            response.headers[NEXT_HEADER] = str(tasks[-1].id)
         return ok([{**_row(t, TASK_COLS), "jobs": counts.get(t.id, {})} for t in tasks])
 
 
@@ -148,16 +169,34 @@ def job_reassign(body: ReassignJobs, request: Request,
 
 
 @router.get("/job/list", response_model=Envelope, tags=["job"], dependencies=[Depends(ANY)])
-def job_list(request: Request, task_id: int | None = None, state: str | None = None,
+def job_list(request: Request, response: Response, task_id: int | None = None,
+             state: list[str] | None = Query(None, max_length=32),
+             queue: str | None = Query(None, max_length=128),
+             site: str | None = Query(None, max_length=128),
+             error_category: str | None = Query(None, max_length=32),
+             after: int | None = Query(None, description="keyset paging: jobs with a larger "
+                                       f"id (the {NEXT_HEADER} header)"),
              limit: int = Query(1000, ge=1, le=100000)) -> dict[str, Any]:
+    """Jobs, oldest first, filtered; a full page sets ``X-Next-After``."""
     with request.app.state.db.session() as s:
         q = (select(Job, Queue.name).outerjoin(Queue, Queue.id == Job.queue_id)
              .order_by(Job.id).limit(limit))
         if task_id is not None:
             q = q.where(Job.task_id == task_id)
         if state:
-            q = q.where(Job.state == state)
-        return ok([{**_row(j, JOB_COLS), "queue": qn} for j, qn in s.execute(q)])
+            q = q.where(Job.state.in_(state))
+        if queue:
+            q = q.where(Queue.name == queue)
+        if site:
+            q = q.join(Site, Site.id == Queue.site_id).where(Site.name == site)
+        if error_category:
+            q = q.where(Job.error_category == error_category)
+        if after is not None:
+            q = q.where(Job.id > after)
+        rows = [{**_row(j, JOB_COLS), "queue": qn} for j, qn in s.execute(q)]
+        if len(rows) == limit:
+            response.headers[NEXT_HEADER] = str(rows[-1]["id"])
+        return ok(rows)
 
 
 @router.get("/job/{job_id}", response_model=Envelope, tags=["job"], dependencies=[Depends(ANY)])

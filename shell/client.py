@@ -20,9 +20,16 @@ import httpx
 
 
 class DawmsError(Exception):
-    def __init__(self, message: str, status: int) -> None:
+    """An error reply: ``status`` (HTTP), ``code`` (the server's machine-readable word:
+    ``not_found``, ``forbidden``, ``stale``, ``invalid``...; "" if none) and the message."""
+
+    def __init__(self, message: str, status: int, code: str = "") -> None:
         super().__init__(message)
         self.status = status
+        self.code = code
+
+
+NEXT_HEADER = "X-Next-After"  # the server's keyset paging cursor
 
 
 class Client:
@@ -41,6 +48,10 @@ class Client:
         self.close()
 
     def _call(self, method: str, path: str, **kwargs: Any) -> Any:
+        return self._call_paged(method, path, **kwargs)[0]
+
+    def _call_paged(self, method: str, path: str, **kwargs: Any) -> tuple[Any, int | None]:
+        """The reply's data and its next-page cursor (None: the last page)."""
         try:
             resp = self._http.request(method, f"/api/v1{path}", **kwargs)
         except httpx.HTTPError as exc:
@@ -51,8 +62,10 @@ class Client:
         except ValueError:
             raise DawmsError(f"{resp.status_code}: {resp.text[:200]}", resp.status_code) from None
         if not body.get("success"):
-            raise DawmsError(body.get("message") or resp.reason_phrase, resp.status_code)
-        return body.get("data")
+            raise DawmsError(body.get("message") or resp.reason_phrase, resp.status_code,
+                             str(body.get("code") or ""))
+        after = resp.headers.get(NEXT_HEADER)
+        return body.get("data"), int(after) if after and after.isdigit() else None
 
     def ping(self) -> dict[str, Any]:
         return self._call("GET", "/ping")
@@ -76,21 +89,43 @@ class Client:
     def submit_task(self, spec: dict[str, Any]) -> dict[str, Any]:
         return self._call("POST", "/task/submit", json=spec)
 
-    def tasks(self, state: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
-        params: dict[str, Any] = {"limit": limit, **({"state": state} if state else {})}
-        return self._call("GET", "/task/list", params=params)
+    def tasks(self, state: str | list[str] | None = None, limit: int = 100, *,
+              owner: str | None = None, name: str | None = None,
+              after: int | None = None) -> list[dict[str, Any]]:
+        """One page of tasks, newest first (``name``: a prefix)."""
+        return self.tasks_page(state, limit, owner=owner, name=name, after=after)[0]
+
+    def tasks_page(self, state: str | list[str] | None = None, limit: int = 100, *,
+                   owner: str | None = None, name: str | None = None,
+                   after: int | None = None) -> tuple[list[dict[str, Any]], int | None]:
+        """A page of tasks and the ``after`` of the next page (None: this was the last)."""
+        params = _params(limit=limit, state=state, owner=owner, name=name, after=after)
+        return self._call_paged("GET", "/task/list", params=params)
 
     def task(self, task_id: int) -> dict[str, Any]:
         return self._call("GET", f"/task/{task_id}")
 
-    def jobs(self, task_id: int | None = None, state: str | None = None,
-             limit: int = 1000) -> list[dict[str, Any]]:
-        params: dict[str, Any] = {"limit": limit}
-        if task_id is not None:
-            params["task_id"] = task_id
-        if state:
-            params["state"] = state
-        return self._call("GET", "/job/list", params=params)
+    def set_task_priority(self, task_id: int, priority: int) -> dict[str, Any]:
+        """The task's and its not yet dispatched jobs' new priority."""
+        return self._call("POST", "/task/priority",
+                          json={"task_id": task_id, "priority": priority})
+
+    def jobs(self, task_id: int | None = None, state: str | list[str] | None = None,
+             limit: int = 1000, *, queue: str | None = None, site: str | None = None,
+             error_category: str | None = None,
+             after: int | None = None) -> list[dict[str, Any]]:
+        """One page of jobs, oldest first."""
+        return self.jobs_page(task_id, state, limit, queue=queue, site=site,
+                              error_category=error_category, after=after)[0]
+
+    def jobs_page(self, task_id: int | None = None, state: str | list[str] | None = None,
+                  limit: int = 1000, *, queue: str | None = None, site: str | None = None,
+                  error_category: str | None = None, after: int | None = None
+                  ) -> tuple[list[dict[str, Any]], int | None]:
+        """A page of jobs and the ``after`` of the next page (None: this was the last)."""
+        params = _params(limit=limit, task_id=task_id, state=state, queue=queue, site=site,
+                         error_category=error_category, after=after)
+        return self._call_paged("GET", "/job/list", params=params)
 
     def job(self, job_id: int) -> dict[str, Any]:
         return self._call("GET", f"/job/{job_id}")
@@ -211,3 +246,7 @@ class Client:
         finally:
             part.unlink(missing_ok=True)
         return dest
+
+def _params(**values: Any) -> dict[str, Any]:
+    """Query parameters without the unset ones (a list repeats its key)."""
+    return {k: v for k, v in values.items() if v is not None and v != ""}

@@ -64,7 +64,8 @@ def test_acquire_hands_out_prepared_jobs_with_a_lease(db: Database, ddm: LocalDD
 def test_unknown_queue_is_a_clear_404(api: TestClient) -> None:
     reply = api.post("/api/v1/pilot/acquire_jobs", json={"queue": "NOPE", "pilot_id": "t"})
     assert reply.status_code == 404
-    assert reply.json() == {"success": False, "message": "no queue named 'NOPE'", "data": None}
+    assert reply.json() == {"success": False, "code": "not_found",
+                            "message": "no queue named 'NOPE'", "data": None}
 
 
 def test_empty_queue_says_nothing_pending(api: TestClient) -> None:

@@ -14,6 +14,7 @@ from . import (
     factory,
     joblog,
     jobs,
+    manage,
     progress,
     replica,
     service,
@@ -23,5 +24,5 @@ from . import (
     tokens,
 )
 
-MODULES = [service, dbcheck, sites, data, browse, tasks, progress, jobs, joblog, staging,
-           explain, replica, tokens, config, factory, completion]
+MODULES = [service, dbcheck, sites, data, browse, tasks, progress, jobs, joblog, manage,
+           staging, explain, replica, tokens, config, factory, completion]

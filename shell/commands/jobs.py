@@ -12,7 +12,8 @@ from ._common import Groups, client, fields, print_json, state_choices, table
 
 def cmd_job_list(args: argparse.Namespace, st: Settings) -> int:
     with client(args) as c:
-        jobs = c.jobs(task_id=args.task, state=args.state, limit=args.limit)
+        jobs = c.jobs(task_id=args.task, state=args.state, limit=args.limit, queue=args.queue,
+                      site=args.site)
     if args.json:
         print_json(jobs)
         return 0
@@ -83,6 +84,8 @@ def register(groups: Groups) -> None:
     jl.add_argument("--task", type=int)
     jl.add_argument("--state", choices=state_choices(JobState))
     jl.add_argument("--limit", type=int, default=1000)
+    jl.add_argument("--queue")
+    jl.add_argument("--site")
     jl.add_argument("--json", action="store_true")
     jl.set_defaults(fn=cmd_job_list)
     js = job.add_parser("show")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import ipaddress
+import os
 import socket
 import sys
 
@@ -45,6 +46,22 @@ def banner(host: str, port: int, db_url: str, ddm: str, auth: str,
     return "\n".join([f"dawms server on http://{url_host}:{port}  (auth {auth}; clients: "
                       f"DAWMS_SERVER=http://{url_host}:{port})",
                       f"  database: {shown_db}", f"  DDM: {ddm}", f"  daemons: {ran}"])
+_SCHEDULER_ENV = "DAWMS_SERVER_WITH_SCHEDULER"  # from `dawms server` to its worker processes
+
+
+def app_factory() -> object:
+    """The app of one worker process of ``dawms server --workers N`` (uvicorn imports
+    and calls this in each process; the settings come from the environment)."""
+    from dawms.catalog.db import Database
+    from dawms.ddm_bridge import get_ddm
+    from dawms.scheduler.config import SchedulerConfig
+    from dawms.server.app import create_app
+    from dawms.server.settings import ServerSettings
+
+    st = Settings.from_env()
+    return create_app(Database(st.db_url), get_ddm(st.ddm), SchedulerConfig.from_env(),
+                      with_scheduler=os.environ.get(_SCHEDULER_ENV) == "1",
+                      settings=ServerSettings())
 
 
 def cmd_server(args: argparse.Namespace, st: Settings) -> int:
@@ -54,6 +71,7 @@ def cmd_server(args: argparse.Namespace, st: Settings) -> int:
     from dawms.catalog.db import Database
     from dawms.ddm_bridge import get_ddm
     from dawms.scheduler.config import SchedulerConfig
+    from dawms.scheduler.runner import expected_daemons
     from dawms.server.app import create_app
     from dawms.server.settings import ServerSettings
 
@@ -66,17 +84,31 @@ def cmd_server(args: argparse.Namespace, st: Settings) -> int:
         print(f"error: DAWMS_AUTH=off is for loopback binds only; refusing to serve "
               f"{args.host} without authentication", file=sys.stderr)
         return 2
+    if not 1 <= args.workers <= 64:
+        print("error: --workers must be from 1 to 64", file=sys.stderr)
+        return 2
     db = Database(st.db_url)
     db.upgrade()
     ddm = get_ddm(st.ddm)
+    options = {"host": args.host, "port": args.port, "log_level": args.log_level,
+               "access_log": False, "http": args.http, "loop": args.loop}
+    if args.workers > 1:  # each worker process builds its app over the same catalog
+        daemons = list(expected_daemons(ddm, SchedulerConfig.from_env())) if args.scheduler \
+            else None
+        print(banner(args.host, args.port, st.db_url, st.ddm, server_settings.auth, daemons)
+              + f"\n  workers: {args.workers}", flush=True)
+        db.dispose()
+        os.environ[_SCHEDULER_ENV] = "1" if args.scheduler else "0"
+        uvicorn.run("dawms.commands.service:app_factory", factory=True,
+                    workers=args.workers, **options)
+        return 0
     app = create_app(db, ddm, SchedulerConfig.from_env(),
                      with_scheduler=args.scheduler, settings=server_settings)
     sched = app.state.scheduler
     print(banner(args.host, args.port, st.db_url, st.ddm, server_settings.auth,
                  list(sched.daemons) if sched else None), flush=True)
     try:  # with --no-scheduler on PostgreSQL, commits still NOTIFY schedulers elsewhere
-        uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level,
-                    access_log=False)
+        uvicorn.run(app, **options)
     finally:
         db.dispose()
     return 0
@@ -128,6 +160,14 @@ def register(groups: Groups) -> None:
     s.add_argument("--no-scheduler", dest="scheduler", action="store_false",
                    help="do not run the scheduler's daemons in this process")
     s.add_argument("--log-level", default="warning")
+    s.add_argument("--workers", type=int, default=1,
+                   help="server processes on this port (each with its own connection pool, "
+                        "DAWMS_DB_POOL_SIZE + DAWMS_DB_MAX_OVERFLOW; with the scheduler, "
+                        "each runs its daemons, which share the work by leases)")
+    s.add_argument("--http", choices=("auto", "httptools", "h11"), default="auto",
+                   help="HTTP parser (auto: httptools when installed)")
+    s.add_argument("--loop", choices=("auto", "uvloop", "asyncio"), default="auto",
+                   help="event loop (auto: uvloop when installed)")
     s.set_defaults(fn=cmd_server)
 
     sc = groups.top("scheduler", help="run the scheduler's daemons")

@@ -65,7 +65,7 @@ def cmd_task_submit(args: argparse.Namespace, st: Settings) -> int:
 
 def cmd_task_list(args: argparse.Namespace, st: Settings) -> int:
     with client(args) as c:
-        tasks = c.tasks(state=args.state, limit=args.limit)
+        tasks = c.tasks(state=args.state, limit=args.limit, owner=args.owner, name=args.name)
     if args.json:
         print_json(tasks)
         return 0
@@ -115,6 +115,8 @@ def register(groups: Groups) -> None:
     tl = task.add_parser("list")
     tl.add_argument("--state", choices=state_choices(TaskState))
     tl.add_argument("--limit", type=int, default=100)
+    tl.add_argument("--owner")
+    tl.add_argument("--name", help="a name prefix")
     tl.add_argument("--json", action="store_true")
     tl.set_defaults(fn=cmd_task_list)
     tsh = task.add_parser("show")
