@@ -133,7 +133,8 @@ def test_a_tape_only_dataset_is_staged_by_rucio_rules_and_released_when_done(
     did = unique(tape_sites, "raw")
     make_rucio_dataset(rucio_client, tape_sites, did, "TAPE", N, tmp_path)
     spec = {"name": "reproc", "transformation": "true {inputs}", "input_datasets": [did],
-            "output_dataset": f"{tape_sites.scope}:out.{{task_id}}",
+            # unique: each test's catalog numbers its tasks from 1, Rucio keeps the names
+            "output_dataset": f"{unique(tape_sites, 'out')}.{{task_id}}",
             "split": {"files_per_job": 2}}
     cfg = CarouselConfig()
     with db.session() as s:
