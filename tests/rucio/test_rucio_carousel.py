@@ -133,7 +133,8 @@ def test_a_tape_only_dataset_is_staged_by_rucio_rules_and_released_when_done(
     did = unique(tape_sites, "raw")
     make_rucio_dataset(rucio_client, tape_sites, did, "TAPE", N, tmp_path)
     spec = {"name": "reproc", "transformation": "true {inputs}", "input_datasets": [did],
-            "output_dataset": f"{tape_sites.scope}:out.{{task_id}}",
+            # unique: each test's catalog numbers its tasks from 1, Rucio keeps the names
+            "output_dataset": f"{unique(tape_sites, 'out')}.{{task_id}}",
             "split": {"files_per_job": 2}}
     cfg = CarouselConfig()
     with db.session() as s:
@@ -177,7 +178,8 @@ def test_a_tape_only_dataset_is_staged_by_rucio_rules_and_released_when_done(
     # housekeeping leaves the pins alone (they are the carousel's)
     housekeeping.run_once(db, rucio_ddm)
     for rule_id in rules:
-        assert expires(rucio_client.get_replication_rule(rule_id)) > utcnow()
+        # (a deletion would have cut the lifetime to Rucio's hour of grace)
+        assert expires(rucio_client.get_replication_rule(rule_id)) > utcnow() + timedelta(days=14)
     # the pin renewed: the rules' lifetime moves
     with db.session() as s:
         drs = list(s.scalars(select(DataRequest).where(DataRequest.kind == "stage")))
