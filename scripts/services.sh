@@ -14,6 +14,7 @@ PY=.venv/bin/python
 # Debian packages the tests need; extend this list (one apt-get install for all).
 APT_PACKAGES=(
   xrootd-server xrootd-client   # movers: the XRootD server (run as user xrootd) and xrdcp
+  chromium                      # monitor: the headless browser Playwright drives
 )
 SYSTEM_URL="postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 PRIVATE_URL="postgresql+psycopg://postgres@127.0.0.1:5433/postgres"

@@ -25,7 +25,18 @@ from dawms.scheduler.config import SchedulerConfig
 from dawms.scheduler.runner import Scheduler
 
 from . import ddm as ddm_routes
-from . import envelope, factory, health, keys, limits, pilot, staging, user
+from . import (
+    envelope,
+    factory,
+    health,
+    keys,
+    limits,
+    monitor_api,
+    monitor_pages,
+    pilot,
+    staging,
+    user,
+)
 from .auth import ANY
 from .schemas import Envelope
 from .settings import ServerSettings
@@ -70,8 +81,9 @@ def create_app(db: Database, ddm: DDM, cfg: SchedulerConfig | None = None, *,
     envelope.install(app)
     app.include_router(health.router)
     for router in (pilot.router, user.router, ddm_routes.router, factory.router,
-                   staging.router):
+                   staging.router, monitor_api.router):
         app.include_router(router, responses=envelope.ERROR_RESPONSES)
+    monitor_pages.install(app)  # the web monitor under /monitor (HTML, not in the schema)
 
     @app.get("/api/v1/ping", tags=["monitor"], response_model=Envelope,
              responses=envelope.ERROR_RESPONSES, dependencies=[Depends(ANY)])
