@@ -57,7 +57,7 @@ FILL = [
          THEN 'running' ELSE 'done' END, 'run {inputs}', ('["b:raw.' || g || '"]')::json,
          'b:out.' || g, 'b:out.' || g || '.log', '{"files_per_job": 1}'::json, '{}'::json,
          '{}'::json, 500,
-         'production', '', now() - (:span - (g - 1) * :span / :tasks) * interval '1 second',
+         'production', '', now() - (:span - (g - 1)::float8 * :span / :tasks) * interval '1 second',
          now() FROM generate_series(1, :tasks) g""",
     # job g: created at a steady rate over the span, on queue g % SITES
     """INSERT INTO job (id, task_id, job_index, attempt, state, queue_id, priority, cores,

@@ -240,6 +240,7 @@ class Job(Base):
         Index("ix_job_queue_id", "queue_id", "id"),
         Index("ix_job_state_id", "state", "id"),
         Index("ix_job_ended_at", "ended_at"),
+        Index("ix_job_queue_ended", "queue_id", "ended_at"),
         Index("ix_job_heartbeat_at", "heartbeat_at"),
     )
     id: Mapped[int] = mapped_column(primary_key=True)

@@ -2,7 +2,8 @@
 
 The monitor pages jobs newest first within a task, a queue or a state
 (``WHERE task_id = ? AND id < ? ORDER BY id DESC``), and counts the jobs that
-ended or beat in the last hours (dashboard, sites, statistics).
+ended or beat in the last hours (dashboard, sites) and a site's jobs by the time
+they ended (statistics).
 
 Revision ID: 0008
 Revises: 0007
@@ -23,6 +24,7 @@ INDEXES = {
     "ix_job_queue_id": ["queue_id", "id"],
     "ix_job_state_id": ["state", "id"],
     "ix_job_ended_at": ["ended_at"],
+    "ix_job_queue_ended": ["queue_id", "ended_at"],  # a site's statistics
     "ix_job_heartbeat_at": ["heartbeat_at"],
 }
 
