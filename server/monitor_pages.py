@@ -13,7 +13,6 @@ anything; the login only sets a cookie (``monitor_auth``).
 from __future__ import annotations
 
 import json
-from datetime import datetime
 from importlib import resources
 from typing import Any
 from urllib.parse import urlencode
@@ -251,7 +250,7 @@ def stats(request: Request, site: str | None = Text(),
     with request.app.state.db.session() as s:
         data = job_stats(s, site=site or None, task_id=int(task_id) if task_id else None,
                          bin_hours=bin_hours)
-        site_names = [q["site"] for q in mq.sites(s)["queues"]]
+        site_names = mq.site_names(s)
     plots = [Markup(svg) for svg in stats_plots(data)]  # noqa: S704 (our SVG, labels escaped)
     return render(request, "stats.html", d=data, plots=plots,
-                  sites=sorted(set(site_names)), now=datetime.now().isoformat())
+                  sites=site_names)

@@ -332,6 +332,10 @@ def sites(s: Session, now: datetime | None = None) -> dict[str, Any]:
     return {"config_version": version, "queues": queues}
 
 
+def site_names(s: Session) -> list[str]:
+    return list(s.scalars(select(Site.name).order_by(Site.name).limit(10000)))
+
+
 def site_page(s: Session, name: str) -> dict[str, Any]:
     """A site: its queues (as in ``sites``), its endpoints, its errors of the last 24 h."""
     site = s.scalar(select(Site).where(Site.name == name))
