@@ -77,7 +77,9 @@ def job_stats(s: Session, *, site: str | None = None, task_id: int | None = None
         site_id = s.scalar(select(Site.id).where(Site.name == site))
         if site_id is None:
             raise NotFound(f"no site {site[:128]!r}")
-        inner = inner.where(Job.queue_id.in_(select(Queue.id).where(Queue.site_id == site_id)))
+        # the site's queue ids as values: the planner then walks (queue_id, ended_at)
+        queue_ids = list(s.scalars(select(Queue.id).where(Queue.site_id == site_id)))
+        inner = inner.where(Job.queue_id.in_(queue_ids))
     if task_id is not None:
         if s.get(Task, task_id) is None:
             raise NotFound(f"no task {task_id}")
