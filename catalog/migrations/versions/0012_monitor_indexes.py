@@ -5,8 +5,8 @@ The monitor pages jobs newest first within a task, a queue or a state
 ended or beat in the last hours (dashboard, sites) and a site's jobs by the time
 they ended (statistics).
 
-Revision ID: 0008
-Revises: 0007
+Revision ID: 0012
+Revises: 0011
 Create Date: 2026-12-01 21:30:00
 """
 
@@ -14,8 +14,8 @@ from __future__ import annotations
 
 from alembic import op
 
-revision = '0008'
-down_revision = '0007'
+revision = '0012'
+down_revision = '0011'
 branch_labels = None
 depends_on = None
 
