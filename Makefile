@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PIP := $(BIN)/pip -q --disable-pip-version-check
 
-.PHONY: venv services demo test lint bench clean
+.PHONY: venv services demo test lint bench docs clean
 
 # The venv with every extra; deps are reinstalled only when pyproject.toml changes,
 # the strict editable link tree (new modules) is refreshed every time (a second).
@@ -40,6 +40,11 @@ test: venv services lint
 BENCHES := claim_rate transfer_rate activation movers carousel
 bench: venv services
 	. .services/env && for b in $(BENCHES); do $(BIN)/python -m bench.$$b --json || exit 1; done
+
+# A screenshot of the monitor's task page from a real `dawms demo --serve` run (Playwright)
+DOCS_OUT ?= docs/monitor-task.png
+docs: venv services
+	$(BIN)/python scripts/monitor_screenshot.py --out $(DOCS_OUT)
 
 clean:
 	rm -rf $(VENV) build .services *.egg-info

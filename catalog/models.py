@@ -246,6 +246,13 @@ class Job(Base):
     __table_args__ = (
         Index("ix_job_task", "task_id", "job_index"),
         Index("ix_job_state", "state"),
+        # the monitor's keyset pages and time windows (migration 0008)
+        Index("ix_job_task_id", "task_id", "id"),
+        Index("ix_job_queue_id", "queue_id", "id"),
+        Index("ix_job_state_id", "state", "id"),
+        Index("ix_job_ended_at", "ended_at"),
+        Index("ix_job_queue_ended", "queue_id", "ended_at"),
+        Index("ix_job_heartbeat_at", "heartbeat_at"),
     )
     id: Mapped[int] = mapped_column(primary_key=True)
     task_id: Mapped[int] = mapped_column(ForeignKey("task.id"))

@@ -15,6 +15,7 @@ PY=.venv/bin/python
 APT_PACKAGES=(
   xrootd-server xrootd-client   # movers: the XRootD server (run as user xrootd) and xrdcp
   slurmctld slurmd slurm-client munge  # the pilot factory's Slurm backend (services_slurm.sh)
+  chromium                      # monitor: the headless browser Playwright drives
 )
 SYSTEM_URL="postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 PRIVATE_URL="postgresql+psycopg://postgres@127.0.0.1:5433/postgres"

@@ -38,6 +38,8 @@ from . import (
     limits,
     manage,
     metrics,
+    monitor_api,
+    monitor_pages,
     pilot,
     replicas,
     staging,
@@ -95,8 +97,9 @@ def create_app(db: Database, ddm: DDM, cfg: SchedulerConfig | None = None, *,
     metrics.install(app, db)
     for router in (pilot.router, commands.router, user.router, manage.router, ddm_routes.router,
                    factory.router, staging.router, explain.router, browse.router, joblog.router,
-                   replicas.router, metrics.router):
+                   replicas.router, metrics.router, monitor_api.router):
         app.include_router(router, responses=envelope.ERROR_RESPONSES)
+    monitor_pages.install(app)  # the web monitor under /monitor (HTML, not in the schema)
 
     @app.get("/api/v1/ping", tags=["monitor"], response_model=Envelope,
              responses=envelope.ERROR_RESPONSES, dependencies=[Depends(ANY)])

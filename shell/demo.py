@@ -222,7 +222,19 @@ def _verify_outputs(db_url: str) -> tuple[int, list[str]]:
     return ok, problems
 
 
-def run_demo(json_out: bool = False, keep: bool = False, workdir: str | None = None) -> int:
+def _serve_until_interrupted(console: Any, url: str, root: Path,
+                             server: subprocess.Popen[bytes]) -> None:
+    """``--serve``: the jobs are done; the server and its monitor stay up until Ctrl-C."""
+    console.print(f"[bold]serving[/] {url}/monitor/ until interrupted (Ctrl-C); log in "
+                  f"with the token in {root / 'token'}")
+    try:
+        server.wait()
+    except KeyboardInterrupt:
+        console.print("stopping the server")
+
+
+def run_demo(json_out: bool = False, keep: bool = False, workdir: str | None = None,
+             serve: bool = False, port: int | None = None) -> int:
     from rich.console import Console
     from rich.live import Live
 
@@ -233,8 +245,9 @@ def run_demo(json_out: bool = False, keep: bool = False, workdir: str | None = N
     console = Console(stderr=json_out)
     root = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="dawms-demo-"))
     root.mkdir(parents=True, exist_ok=True)
-    port = _free_port()
+    port = port or _free_port()
     url = f"http://127.0.0.1:{port}"
+    keep = keep or serve
     os.environ.update({
         "DAWMS_HOME": str(root), "DAWMS_DB_URL": f"sqlite:///{root / 'dawms.db'}",
         "DAWMS_SERVER": url, "DAWMS_HEARTBEAT_S": "5", "DAWMS_INTERVAL_S": "2",
@@ -252,9 +265,11 @@ def run_demo(json_out: bool = False, keep: bool = False, workdir: str | None = N
                               start_new_session=True)
     factory, handles = LocalFactory(), []
     summary: dict[str, Any] = {}
+    outcome: bool | None = None
     try:
         _wait_ping(url, server)
         console.print(f"server: {url} (log {root / 'server.log'})")
+        console.print(f"monitor: {url}/monitor/ (log in with the token in {root / 'token'})")
         console.print(f"tokens: issued; for the CLI: export DAWMS_TOKEN=$(cat {root}/token)")
         client = Client(url, token=user_token)
         task_id = client.submit_task(spec)["task_id"]
@@ -274,6 +289,12 @@ def run_demo(json_out: bool = False, keep: bool = False, workdir: str | None = N
                     break
                 time.sleep(0.5)
         client.close()
+        for h in handles:
+            factory.cancel(h)
+        handles = []
+        if serve:  # the result first, then the server stays up for the monitor
+            outcome = _outcome(console, summary, t0, root, json_out)
+            _serve_until_interrupted(console, url, root, server)
     finally:
         for h in handles:
             factory.cancel(h)
@@ -283,6 +304,16 @@ def run_demo(json_out: bool = False, keep: bool = False, workdir: str | None = N
         except subprocess.TimeoutExpired:
             server.kill()
         server_log.close()
+    if outcome is None:
+        outcome = _outcome(console, summary, t0, root, json_out)
+    if not keep and outcome and not workdir:
+        shutil.rmtree(root, ignore_errors=True)
+    return 0 if outcome else 1
+
+
+def _outcome(console: Any, summary: dict[str, Any], t0: float, root: Path,
+             json_out: bool) -> bool:
+    """Check every output against the bytes on disk, print the result; True if all good."""
     wall = time.monotonic() - t0
     verified, problems = _verify_outputs(os.environ["DAWMS_DB_URL"])
     jobs = summary.get("jobs", {})
@@ -297,10 +328,8 @@ def run_demo(json_out: bool = False, keep: bool = False, workdir: str | None = N
             and not problems)
     _print_summary(console, result, summary, problems, good, root)
     if json_out:
-        print(json.dumps(result))
-    if not keep and good and not workdir:
-        shutil.rmtree(root, ignore_errors=True)
-    return 0 if good else 1
+        print(json.dumps(result), flush=True)
+    return good
 
 
 def _print_summary(console: Any, result: dict[str, Any], summary: dict[str, Any],

@@ -146,7 +146,8 @@ def cmd_scheduler(args: argparse.Namespace, st: Settings) -> int:
 def cmd_demo(args: argparse.Namespace, st: Settings) -> int:
     from ..demo import run_demo
 
-    return run_demo(json_out=args.json, keep=args.keep, workdir=args.workdir)
+    return run_demo(json_out=args.json, keep=args.keep, workdir=args.workdir, serve=args.serve,
+                    port=args.port)
 
 
 
@@ -178,4 +179,8 @@ def register(groups: Groups) -> None:
     d.add_argument("--json", action="store_true", help="print one JSON summary line at the end")
     d.add_argument("--keep", action="store_true", help="keep the demo's directory")
     d.add_argument("--workdir", help="use this directory instead of a fresh temp dir")
+    d.add_argument("--serve", action="store_true",
+                   help="keep the server (and its web monitor) running after the jobs end, "
+                        "until interrupted; keeps the directory")
+    d.add_argument("--port", type=int, help="the server's port (default: a free one)")
     d.set_defaults(fn=cmd_demo)

@@ -25,6 +25,12 @@ pytestmark = pytest.mark.auth
 
 ALL = set(ROLES)
 MANAGERS = {"admin", "production", "analyst"}
+MONITOR_API = ("dashboard", "tasks", "task/{task_id}", "jobs", "job/{job_id}",
+               "job/{job_id}/log", "sites", "site/{name}", "config", "datasets",
+               "dataset/{dataset_id}", "replicas", "requests", "ddm_events", "stats")
+MONITOR_PAGES = ("", "tasks", "task/{task_id}", "jobs", "job/{job_id}", "job/{job_id}/log",
+                 "sites", "site/{name}", "data", "dataset/{dataset_id}", "requests",
+                 "ddm_events", "stats")
 POLICY: dict[tuple[str, str], set[str] | None] = {  # None: public, no token needed
     ("GET", "/openapi.json"): None,
     ("GET", "/healthz"): None,
@@ -67,6 +73,13 @@ POLICY: dict[tuple[str, str], set[str] | None] = {  # None: public, no token nee
     ("GET", "/api/v1/queue/list"): ALL,
     ("GET", "/api/v1/queue/{name}"): ALL,
     ("POST", "/api/v1/replica/declare_bad"): {"admin", "production"},
+    # the web monitor: read-only for every role; its login, logout and assets are public
+    **{("GET", f"/api/v1/monitor/{p}"): ALL for p in MONITOR_API},
+    **{("GET", f"/monitor/{p}"): ALL for p in MONITOR_PAGES},
+    ("GET", "/monitor/login"): None,
+    ("POST", "/monitor/login"): None,
+    ("POST", "/monitor/logout"): None,
+    ("GET", "/monitor/static/{name}"): None,
 }
 
 
@@ -173,6 +186,17 @@ def _samples(world: World) -> dict[tuple[str, str], dict[str, Any]]:
         ("POST", "/api/v1/replica/declare_bad"): {"json": {
             "replicas": [{"did": "auth:nosuchfile", "endpoint": "SITE_A_DISK"}],
             "reason": "matrix"}},
+        **{("GET", f"{root}{p}"): {"path": {"task_id": world.alice_task,
+                                             "job_id": prod_jobs[0], "name": "SITE_A",
+                                             "dataset_id": 1}}
+           for root, pages in (("/api/v1/monitor/", MONITOR_API), ("/monitor/", MONITOR_PAGES))
+           for p in pages},
+        ("GET", "/monitor/login"): {},
+        ("POST", "/monitor/login"): {  # a good token: the cookie is set, on to the next page
+            "data": {"token": world.headers("reader")["Authorization"].split()[1],
+                     "next": "/monitor/login"}},
+        ("POST", "/monitor/logout"): {},
+        ("GET", "/monitor/static/{name}"): {"path": {"name": "monitor.js"}},
     }
 
 
@@ -190,7 +214,7 @@ def _spec() -> dict[str, Any]:
 def _call(world: World, method: str, path: str, sample: dict[str, Any],
           headers: dict[str, str]) -> Any:
     url = path.format(**sample.get("path", {}))
-    return world.api.request(method, url, json=sample.get("json"),
+    return world.api.request(method, url, json=sample.get("json"), data=sample.get("data"),
                              params=sample.get("params"), headers=headers)
 
 
