@@ -246,7 +246,7 @@ class Job(Base):
     __table_args__ = (
         Index("ix_job_task", "task_id", "job_index"),
         Index("ix_job_state", "state"),
-        # the monitor's keyset pages and time windows (migration 0008)
+        # the monitor's keyset pages and time windows (migration 0012)
         Index("ix_job_task_id", "task_id", "id"),
         Index("ix_job_queue_id", "queue_id", "id"),
         Index("ix_job_state_id", "state", "id"),
