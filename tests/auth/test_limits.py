@@ -20,7 +20,8 @@ MB = 1024 * 1024
 def _envelope(reply, status: int, fragment: str = "") -> None:  # type: ignore[no-untyped-def]
     assert reply.status_code == status, reply.text
     body = reply.json()
-    assert set(body) == {"success", "message", "data"}, body
+    assert set(body) == {"success", "code", "message", "data"}, body
+    assert isinstance(body["code"], str) and body["code"], body
     assert body["success"] is False and body["data"] is None
     assert fragment in body["message"], body["message"]
 

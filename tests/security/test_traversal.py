@@ -56,7 +56,8 @@ def _counts(db: Database) -> tuple[int, ...]:
 def _refused(reply, status: int, *fragments: str) -> str:  # type: ignore[no-untyped-def]
     assert reply.status_code == status, reply.text
     body = reply.json()
-    assert set(body) == {"success", "message", "data"}, body
+    assert set(body) == {"success", "code", "message", "data"}, body
+    assert isinstance(body["code"], str) and body["code"], body
     assert body["success"] is False and body["data"] is None, body
     for fragment in fragments:
         assert fragment in body["message"], body["message"]
