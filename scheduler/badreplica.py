@@ -23,6 +23,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
@@ -54,7 +55,7 @@ class Declared:
     failed: dict[int, str] = field(default_factory=dict)  # activated job id -> error category
 
 
-def replicas_of_report(session: Session, ddm: DDM, job: Job,
+def replicas_of_report(session: Session, ddm: DDM, job: Any,
                        reports: Sequence[BadReplicaReport]) -> dict[int, str]:
     """Replica id -> reason for each reported replica the report proves damaged.
 
@@ -67,7 +68,8 @@ def replicas_of_report(session: Session, ddm: DDM, job: Job,
                      r.url[:200], r.detail[:200])
     if not damaged:
         return {}
-    offered = {(i.get("lfn"), u) for i in (job.spec or {}).get("inputs", [])
+    spec = session.scalar(select(Job.spec).where(Job.id == job.id))  # a fence has no spec
+    offered = {(i.get("lfn"), u) for i in (spec or {}).get("inputs", [])
                for u in i.get("urls", [])}
     rows = session.execute(
         select(Replica.id, File.scope, File.name, StorageEndpoint)
