@@ -26,9 +26,12 @@ def upgrade() -> None:
         batch_op.add_column(sa.Column('last_pilot_at',
                                       dawms.catalog.models.UTCDateTime(timezone=True),
                                       nullable=True))
+    # existing endpoints get 0; the default is dropped in a second batch (on SQLite one
+    # batch would copy the old rows into the new table without it)
     with op.batch_alter_table('storage_endpoint', schema=None) as batch_op:
         batch_op.add_column(sa.Column('blacklisted', sa.Integer(), nullable=False,
                                       server_default='0'))
+    with op.batch_alter_table('storage_endpoint', schema=None) as batch_op:
         batch_op.alter_column('blacklisted', server_default=None)
 
 
