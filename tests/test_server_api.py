@@ -69,7 +69,8 @@ def test_unknown_queue_is_a_clear_404(api: TestClient) -> None:
 
 
 def test_empty_queue_says_nothing_pending(api: TestClient) -> None:
-    assert _acquire(api, "SITE_C_PROD") == {"jobs": [], "pending": 0}
+    assert _acquire(api, "SITE_C_PROD") == {"jobs": [], "pending": 0,
+                                            "command_poll_s": SchedulerConfig().command_poll_s}
 
 
 @pytest.mark.parametrize("change", [{"attempt": 2}, {"lease_token": "0" * 32},
