@@ -205,7 +205,7 @@ def test_a_stuck_request_rebrokers_its_jobs_then_fails_them(db: Database, ddm: L
     cfg = SchedulerConfig(stuck_after_s=3600, stuck_max=2, stuck_moves_max=1)
     with db.session() as s:
         first_req = s.scalar(select(DataRequest))
-    now = T0
+    now = first_req.created_at  # the wall clock's, not the module's T0
     assert stuck.run_once(db, cfg, now) == 0
     now += timedelta(minutes=59)
     assert stuck.run_once(db, cfg, now) == 0
@@ -254,13 +254,13 @@ def test_progress_restarts_the_stuck_clock(db: Database, ddm: LocalDDM, tmp_path
     broker.run_once(db, ddm, CFG, T0)
     cfg = SchedulerConfig(stuck_after_s=3600, stuck_max=2)
     with db.session() as s:
-        rid = s.scalar(select(DataRequest.id))
+        rid, made = s.execute(select(DataRequest.id, DataRequest.created_at)).one()
         s.execute(text("UPDATE data_request SET files_done = 1 WHERE id = :i"), {"i": rid})
-    stuck.run_once(db, cfg, T0 + timedelta(minutes=50))  # progress seen at 50 min
-    stuck.run_once(db, cfg, T0 + timedelta(minutes=100))  # 50 min later: not stuck
+    stuck.run_once(db, cfg, made + timedelta(minutes=50))  # progress seen at 50 min
+    stuck.run_once(db, cfg, made + timedelta(minutes=100))  # 50 min later: not stuck
     with db.session() as s:
         assert s.get(DataRequest, rid).stuck_count == 0
-    stuck.run_once(db, cfg, T0 + timedelta(minutes=111))
+    stuck.run_once(db, cfg, made + timedelta(minutes=111))
     with db.session() as s:
         assert s.get(DataRequest, rid).stuck_count == 1
 
