@@ -35,8 +35,15 @@ from dawms.storage.paths import lfn2pfn
 from factories import make_dataset, report, site_config, write_outputs
 
 pytestmark = pytest.mark.explain
-# requests take their creation time from the wall clock: the frozen clock starts there
+# requests take their creation time from the wall clock: each test's frozen clock
+# starts there (set again before every test, not once at import)
 T0 = datetime.now(UTC).replace(microsecond=0)
+
+
+@pytest.fixture(autouse=True)
+def _clock_starts_now() -> None:
+    global T0
+    T0 = datetime.now(UTC).replace(microsecond=0)
 CFG = SchedulerConfig()
 
 
@@ -54,7 +61,8 @@ def setup_sites(db: Database, root: Path, **per_queue: dict) -> None:
         sync(s, validate(cfg), actor="test", source="test")
 
 
-def define(db: Database, ddm: LocalDDM, task_spec: dict, now: datetime = T0) -> int:
+def define(db: Database, ddm: LocalDDM, task_spec: dict, now: datetime | None = None) -> int:
+    now = now or T0
     with db.session() as s:
         task_id = submit(s, task_spec, ddm, now=now).id
     assert refiner.run_once(db, ddm, now) > 0
