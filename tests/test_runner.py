@@ -111,7 +111,10 @@ def test_one_wake_up_brokers_three_full_bunches_at_once(
         wait_for(lambda: all(d.runs for d, _ in sched.daemons.values()))
         with db.session() as s:
             submit(s, SPEC, ddm)  # wakes the refiner, whose 15 new jobs wake the broker
-        wait_for(lambda: job_states(db) == {"activated": 15})
+        # every job brokered (the broker picks among the best few queues: some may be
+        # assigned elsewhere, their data requested)
+        wait_for(lambda: set(job_states(db)) <= {"activated", "assigned"}
+                 and sum(job_states(db).values()) == 15)
     finally:
         sched.stop()
     brokers = sched.daemons["broker"][0]
